@@ -1,0 +1,79 @@
+"""What every scheme shares.
+
+A scheme is a module with three functions (see ``schemes/trigger.py`` for the shape)::
+
+    keygen(owner, **options) -> Key
+    protect(model, key, **options) -> Protected
+    verify(query, key, **options) -> Verdict
+
+``verify`` never needs the suspect's weights: it gets a :data:`Query`, a function from a
+batch of input images to the suspect's outputs. A local model, a TorchScript file and a
+URL all become a ``Query`` (:func:`as_query`), so black-box verification is the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pixmark.errors import PixmarkError
+from pixmark.keys import Key
+
+#: A suspect as seen by verify: [N, C, H, W] images in [0, 1] -> outputs of the same shape.
+Query = Callable[[Tensor], Tensor]
+
+#: Training budgets. ``quick``: tests and demo (minutes on 2 CPU cores); ``cpu``: the
+#: largest setting that finishes in about 45 minutes on 2 cores; ``paper``: the papers'
+#: setting, for one GPU.
+PROFILE_NAMES = ("quick", "cpu", "paper")
+
+
+@dataclass
+class Protected:
+    """What ``protect`` returns: the model to deploy, the updated key and a report."""
+
+    model: nn.Module
+    key: Key
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILE_NAMES:
+        raise PixmarkError(f"unknown profile {profile!r}; choose from {', '.join(PROFILE_NAMES)}")
+    return profile
+
+
+def as_query(model: nn.Module, batch_size: int = 8, name: str = "suspect") -> Query:
+    """Wrap a local model as a :data:`Query` (no grad, batched, outputs clamped to [0, 1])."""
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    @torch.no_grad()
+    def query(images: Tensor) -> Tensor:
+        outs = []
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)
+            try:
+                y = model(x)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise PixmarkError(
+                    f"{name} failed on a {tuple(x.shape)} input ({first}); does it take "
+                    f"{x.shape[1]}-channel images?"
+                ) from None
+            if not isinstance(y, Tensor) or y.shape != x.shape:
+                shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+                raise PixmarkError(
+                    f"{name} returned {shape} for a {tuple(x.shape)} input; pixmark verifies "
+                    "image-to-image models whose output has the input's shape"
+                )
+            if not torch.isfinite(y).all():
+                raise PixmarkError(f"{name} returned NaN or infinite values")
+            outs.append(y.float().clamp(0, 1).cpu())
+        return torch.cat(outs)
+
+    return query
