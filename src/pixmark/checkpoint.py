@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pixmark.errors import PixmarkError
 from pixmark.fileio import atomic_write, check_output_path
 
 FORMAT = "pixmark-model/1"
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def arch_name(model: nn.Module) -> str:
@@ -66,6 +68,8 @@ def save_model(
     Refuses to overwrite an existing file unless ``force``; writes atomically.
     """
     out = check_output_path(path, force)
+    if out.suffix != ".safetensors":
+        raise PixmarkError(f"checkpoint path {out} must end in .safetensors")
     check_finite(model, "the model to save")
     config = {
         "format": FORMAT,
@@ -197,7 +201,7 @@ def load_model(
             model = (
                 _load_pixmark(path) if path.suffix == ".safetensors" else _load_torchscript(path)
             )
-        elif ":" in text and not path.suffix and "/" not in text:
+        elif _FACTORY.fullmatch(text):
             model = _load_factory(text, weights)
         else:
             raise PixmarkError(

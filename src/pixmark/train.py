@@ -122,7 +122,7 @@ def load_training_state(path: Path, state: dict[str, Any]) -> tuple[int, History
         for name, obj in state.items():
             obj.load_state_dict(payload["state"][name])
         _set_rng_state(payload["rng"])
-    except (RuntimeError, KeyError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         raise PixmarkError(
             f"training checkpoint {path} does not match this run or is corrupt ({exc}); "
             "delete it or start without --resume"

@@ -1,0 +1,100 @@
+"""Checkpoints: round trip, TorchScript and factory specs, and every bad input named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pixmark import nets
+from pixmark.checkpoint import load_model, model_info, read_config, save_model
+from pixmark.errors import PixmarkError
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return nets.create("dncnn", channels=3, depth=4, width=8)
+
+
+def test_round_trip_keeps_outputs_and_config(tmp_path: Path) -> None:
+    model = _model().eval()
+    path = save_model(
+        model, tmp_path / "m.safetensors", task="denoise", data_seed=3, metrics={"psnr": 30.5}
+    )
+    loaded = load_model(path)
+    x = torch.rand(1, 3, 21, 17)
+    torch.testing.assert_close(loaded(x), model(x))
+    config = read_config(path)
+    assert config["arch"] == "dncnn" and config["task"] == "denoise"
+    assert config["data_seed"] == 3 and config["metrics"]["psnr"] == 30.5
+    info = model_info(path)
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    path = save_model(_model(), tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(PixmarkError, match="already exists; pass --force"):
+        save_model(_model(), path)
+    assert path.read_bytes() == before
+    save_model(_model(), path, force=True)
+
+
+def test_torchscript_file_loads(tmp_path: Path) -> None:
+    model = _model().eval()
+    x = torch.rand(1, 3, 32, 32)
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.trace(model, x), str(path))
+    torch.testing.assert_close(load_model(path)(x), model(x))
+
+
+def test_factory_spec_with_weights(tmp_path: Path) -> None:
+    model = nets.create("dncnn")  # the factory below builds the default dncnn
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    loaded = load_model("pixmark.nets.dncnn:DnCNN", weights=weights)
+    x = torch.rand(1, 3, 16, 16)
+    assert loaded(x).shape == x.shape
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(PixmarkError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(PixmarkError, match="not a readable safetensors"):
+        load_model(bad)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    with pytest.raises(PixmarkError, match="neither a pixmark checkpoint"):
+        load_model(junk)
+    with pytest.raises(PixmarkError, match="cannot import"):
+        load_model("no_such_pkg.mod:factory")
+
+
+def test_config_that_does_not_match_weights(tmp_path: Path) -> None:
+    path = save_model(_model(), tmp_path / "m.safetensors")
+    config = read_config(path)
+    config["kwargs"]["width"] = 16
+    save_file(load_file(str(path)), str(path), metadata={"pixmark": json.dumps(config)})
+    with pytest.raises(PixmarkError, match="weights do not match its config"):
+        load_model(path)
+
+
+def test_nan_weights_are_refused(tmp_path: Path) -> None:
+    path = save_model(_model(), tmp_path / "m.safetensors")
+    tensors = load_file(str(path))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.dim() == 4)
+    tensors[name][0, 0, 0, 0] = float("nan")
+    save_file(tensors, str(path), metadata={"pixmark": json.dumps(read_config(path))})
+    with pytest.raises(PixmarkError, match="NaN or infinite weights"):
+        load_model(path)
+    model = _model()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))
+    with pytest.raises(PixmarkError, match="NaN or infinite"):
+        save_model(model, tmp_path / "inf.safetensors")
+    assert not (tmp_path / "inf.safetensors").exists()
