@@ -1,23 +1,32 @@
 """pixmark's public functions. The CLI is a thin layer over these.
 
 * :func:`train_model` trains a task model (a target to protect, or a null model).
-* ``keygen``, ``protect``, ``verify``, ``attack`` come with the schemes.
+* :func:`keygen`, :func:`protect`, :func:`verify`: the three steps of every scheme.
+* :func:`train_nulls`: independently trained clean models that calibrate verdicts.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
 from pixmark import data, nets
-from pixmark.checkpoint import save_model
+from pixmark.checkpoint import load_model, save_model
 from pixmark.errors import PixmarkError
-from pixmark.fileio import check_output_path
+from pixmark.fileio import atomic_write, check_output_path
+from pixmark.keys import Key, load_key, save_key
+from pixmark.schemes.base import Protected, Query, as_query
+from pixmark.stats import Verdict
 from pixmark.train import Device, History, evaluate, fit
 
 #: Validation/test crops drawn per split when training a task model.
@@ -154,3 +163,335 @@ def apply_model(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> 
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(outs)
+
+
+# --------------------------------------------------------------------------- schemes
+
+#: Scheme name -> module implementing keygen / protect / verify.
+SCHEMES: dict[str, str] = {
+    "output": "pixmark.schemes.output",
+    "trigger": "pixmark.schemes.trigger",
+}
+
+
+def scheme_module(name: str) -> ModuleType:
+    """The module implementing scheme ``name``."""
+    if name not in SCHEMES:
+        raise PixmarkError(f"unknown scheme {name!r}; choose from {', '.join(SCHEMES)}")
+    return importlib.import_module(SCHEMES[name])
+
+
+def _call(scheme: str, fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """Call a scheme function, naming any option that does not apply to the scheme."""
+    accepted = inspect.signature(fn).parameters
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        names = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise PixmarkError(f"option {names} does not apply to the {scheme} scheme")
+    return fn(*args, **options)
+
+
+def as_key(key: Key | str | os.PathLike[str], scheme: str | None = None) -> Key:
+    """A :class:`Key`, loading (and checking) it if a path is given."""
+    return key if isinstance(key, Key) else load_key(key, scheme)
+
+
+def keygen(
+    scheme: str,
+    owner: str,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    **options: Any,
+) -> Key:
+    """Make a new secret key of ``scheme`` for ``owner``; save it to ``out`` if given.
+
+    Options are the scheme's (``logo``, ``size``, ``channels`` for ``output``; ``size``,
+    ``task``, ``channels``, ``design``, ``count`` for ``trigger``). A key file is never
+    overwritten unless ``force``.
+    """
+    module = scheme_module(scheme)
+    if out is not None:
+        check_output_path(out, force)
+    key = _call(scheme, module.keygen, owner, **options)
+    if out is not None:
+        save_key(key, out, force=force)
+    return key
+
+
+def protect(
+    model: nn.Module | str | os.PathLike[str],
+    key: Key | str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    key_out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    **options: Any,
+) -> Protected:
+    """Watermark ``model`` with ``key``; return the model to deploy and the updated key.
+
+    ``options`` go to the scheme's ``protect`` (``task``, ``data``, ``profile``, ``device``,
+    ``checkpoint``, ``resume``, ...). With ``out`` the protected model is saved as a
+    pixmark checkpoint (``.safetensors``) or, for a model that is not from the zoo, as
+    TorchScript (``.pt``). The updated key (it now holds what verification needs) is
+    written to ``key_out``, by default over the key file given, atomically. A key that
+    already protects a model is not replaced unless ``force``: the first model would no
+    longer verify.
+    """
+    loaded_key = as_key(key)
+    module = scheme_module(loaded_key.scheme)
+    key_path = key_out or (key if not isinstance(key, Key) else None)
+    if loaded_key.params.get("protected") and not force:
+        raise PixmarkError(
+            f"this {loaded_key.scheme} key already protects a model "
+            f"({loaded_key.params['protected']}); make a new key with keygen, or pass --force"
+        )
+    if out is not None:
+        check_output_path(out, force)
+    host = load_model(model) if not isinstance(model, nn.Module) else model
+    result: Protected = _call(loaded_key.scheme, module.protect, host, loaded_key, **options)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    result.key = result.key.with_updates(params={"protected": stamp})
+    if out is not None:
+        _save_protected(result.model, Path(out), loaded_key, result.report, force)
+        result.report["model_path"] = str(out)
+    if key_path is not None:
+        save_key(result.key, key_path, force=True)
+        result.report["key_path"] = str(key_path)
+    return result
+
+
+def _save_protected(
+    model: nn.Module, out: Path, key: Key, report: dict[str, Any], force: bool
+) -> None:
+    extra = {"protected": {"scheme": key.scheme, "owner": key.owner}}
+    if out.suffix == ".safetensors":
+        metrics = {k: v for k, v in report.items() if isinstance(v, int | float)}
+        save_model(model, out, task=report.get("task"), metrics=metrics, extra=extra, force=force)
+        return
+    channels = key.params.get("channels", 3)
+    example = torch.rand(1, channels, 64, 64)
+    traced = torch.jit.trace(model.cpu().eval(), example)
+    atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp)))
+
+
+def suspect_query(
+    suspect: nn.Module | str | os.PathLike[str] | Query,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    name: str = "suspect",
+) -> Query:
+    """A :data:`Query` for a model, a model file or spec, or an existing query function."""
+    if isinstance(suspect, nn.Module):
+        return as_query(suspect, name=name)
+    if callable(suspect):
+        return suspect
+    return as_query(load_model(suspect, weights=weights), name=f"{name} {suspect}")
+
+
+def null_queries(nulls: str | os.PathLike[str] | list[Any] | None) -> list[Query] | None:
+    """Queries for null models: a folder of checkpoints, or a list of models/paths."""
+    if nulls is None:
+        return None
+    if isinstance(nulls, str | os.PathLike):
+        folder = Path(nulls)
+        if not folder.is_dir():
+            raise PixmarkError(f"null-model folder {folder} does not exist")
+        paths = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
+        if not paths:
+            raise PixmarkError(f"null-model folder {folder} holds no .safetensors or .pt models")
+        nulls = list(paths)
+    return [suspect_query(n, name=f"null model {i}") for i, n in enumerate(nulls)]
+
+
+def verify(
+    suspect: nn.Module | str | os.PathLike[str] | Query,
+    key: Key | str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    nulls: str | os.PathLike[str] | list[Any] | None = None,
+    evidence_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Verdict:
+    """Was ``suspect`` derived from the model protected with ``key``?
+
+    ``suspect`` is a model, a model file (checkpoint, TorchScript), a
+    ``package.module:factory`` spec with ``weights``, or a query function (black box).
+    ``nulls`` (a folder of independently trained models, or a list) calibrates the
+    decision empirically. Returns the scheme's :class:`~pixmark.stats.Verdict`; evidence
+    images are written to ``evidence_dir``.
+    """
+    loaded_key = as_key(key)
+    module = scheme_module(loaded_key.scheme)
+    query = suspect_query(suspect, weights=weights)
+    evidence = Path(evidence_dir) if evidence_dir is not None else None
+    return _call(
+        loaded_key.scheme,
+        module.verify,
+        query,
+        loaded_key,
+        nulls=null_queries(nulls),
+        evidence_dir=evidence,
+        **options,
+    )
+
+
+#: Architectures cycled through by :func:`train_nulls`, so nulls differ in design too.
+NULL_ARCHS = ("unet", "dncnn", "resnet9", "red")
+
+
+def train_nulls(
+    task: str,
+    count: int,
+    out_dir: str | os.PathLike[str],
+    *,
+    archs: tuple[str, ...] = NULL_ARCHS,
+    steps: int = 300,
+    size: int = 64,
+    width: int = 16,
+    channels: int | None = None,
+    source: str | None = None,
+    first_seed: int = 1000,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Train ``count`` independent clean models of ``task`` into ``out_dir``.
+
+    Model i uses architecture ``archs[i % len(archs)]``, seed ``first_seed + i`` and a
+    different by-image data split (``data_seed = first_seed + i``), so no two nulls share
+    initialisation, design and training images. They never see any key: they measure how
+    often a scheme accuses an innocent model. Finished models are kept, so a killed run
+    continues where it stopped.
+    """
+    if count < 1:
+        raise PixmarkError(f"count must be >= 1, got {count}")
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        arch = archs[i % len(archs)]
+        path = folder / f"null{i:03d}_{arch}.safetensors"
+        paths.append(path)
+        if path.exists() and not force:
+            continue
+        train_model(
+            task,
+            arch,
+            steps=steps,
+            size=size,
+            width=width,
+            channels=channels,
+            source=source,
+            seed=first_seed + i,
+            data_seed=first_seed + i,
+            device=device,
+            out=path,
+            resume=True,
+            force=force,
+            progress=progress,
+        )
+    return paths
+
+
+def attacker_inputs(
+    task: str, channels: int | None = None, source: str | None = None, seed: int = 7
+) -> data.PairSampler:
+    """Real degraded inputs of ``task`` an attacker would own (their targets are unused).
+
+    Crops come from the training split, so they never include the verification queries,
+    which the schemes draw from held-out images.
+    """
+    spec, channels, splits = task_splits(task, channels, source)
+    imgs = [img for _, img in splits["train"]]
+    return data.PairSampler(imgs, spec, size=32, channels=channels, seed=seed)
+
+
+def attack(
+    kind: str,
+    model: nn.Module | str | os.PathLike[str],
+    strength: float | str | None = None,
+    *,
+    task: str | None = None,
+    data_source: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """Attack a (stolen) model; return the attacked copy and save it to ``out`` if given.
+
+    ``kind`` is a model-level attack of :data:`pixmark.attacks.MODEL_ATTACKS` (``prune``,
+    ``prune_channels``, ``quantize``, ``fine_tune``) with its ``strength``, or
+    ``surrogate``: train a new model on ``model``'s outputs only (black box; options
+    ``arch``, ``loss``, ``adv``, ``augment``, ``steps``, ``size``, ``width``, ``seed``,
+    ``device``). ``fine_tune`` and ``surrogate`` draw inputs from ``task``'s real images.
+    """
+    from pixmark import attacks
+    from pixmark.attacks.surrogate import train_surrogate
+
+    if out is not None:
+        check_output_path(out, force)
+    victim = load_model(model) if not isinstance(model, nn.Module) else model
+    meta_task = task or _model_task(model)
+    if kind == "surrogate":
+        if meta_task is None:
+            raise PixmarkError("the surrogate attack needs --task (the teacher's task)")
+        channels = _input_channels(victim)
+        inputs = attacker_inputs(meta_task, channels, data_source)
+        result = _call(
+            "surrogate",
+            train_surrogate,
+            as_query(victim, name="teacher"),
+            inputs,
+            channels=channels,
+            **options,
+        )
+    elif kind in attacks.MODEL_ATTACKS:
+        if strength is None:
+            raise PixmarkError(f"the {kind} attack needs --strength")
+        if kind == "fine_tune":
+            if meta_task is None:
+                raise PixmarkError("the fine_tune attack needs --task")
+            options["source"] = attacker_inputs(meta_task, _input_channels(victim), data_source)
+            strength = int(float(strength))
+        elif kind != "quantize":
+            strength = float(strength)
+        result = attacks.apply_model_attack(kind, victim, strength, **options)
+    else:
+        kinds = ", ".join([*attacks.MODEL_ATTACKS, "surrogate"])
+        raise PixmarkError(f"unknown attack {kind!r}; choose from {kinds}")
+    if out is not None:
+        save_model(
+            result,
+            out,
+            task=meta_task,
+            force=force,
+            extra={
+                "attack": {
+                    "kind": kind,
+                    "strength": strength,
+                    **{k: v for k, v in options.items() if isinstance(v, int | float | str | bool)},
+                }
+            },
+        )
+    return result
+
+
+def _model_task(model: Any) -> str | None:
+    if isinstance(model, str | os.PathLike) and str(model).endswith(".safetensors"):
+        from pixmark.checkpoint import read_config
+
+        return read_config(model).get("task")
+    return None
+
+
+def _input_channels(model: nn.Module) -> int:
+    """The channel count a model takes (1 or 3), read from its config or first conv."""
+    for holder in (model, getattr(model, "model", None)):
+        config = getattr(holder, "config", None)
+        if isinstance(config, dict) and config.get("channels") in (1, 3):
+            return int(config["channels"])
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels if module.in_channels in (1, 3) else 3
+    return 3

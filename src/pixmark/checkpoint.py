@@ -46,6 +46,41 @@ def arch_name(model: nn.Module) -> str:
     )
 
 
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """``{"arch", "kwargs"}`` that rebuilds ``model`` with :func:`build_model`.
+
+    Zoo networks store their constructor arguments in ``model.config``. A protected
+    ``output`` model (``Watermarked``: M followed by the embedder H) is stored as the
+    configs of its two parts plus the shape of its logo buffer.
+    """
+    from pixmark.schemes.output import Watermarked
+
+    if isinstance(model, Watermarked):
+        return {
+            "arch": "watermarked",
+            "kwargs": {
+                "model": model_config(model.model),
+                "embedder": model_config(model.embedder),
+                "logo_shape": list(model.logo.shape),
+            },
+        }
+    return {"arch": arch_name(model), "kwargs": dict(model.config)}
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """The (untrained) network described by ``{"arch", "kwargs"}``."""
+    from pixmark import nets
+
+    if config["arch"] == "watermarked":
+        from pixmark.schemes.output import Watermarked
+
+        kw = config["kwargs"]
+        return Watermarked(
+            build_model(kw["model"]), build_model(kw["embedder"]), torch.zeros(kw["logo_shape"])
+        )
+    return nets.create(config["arch"], **config["kwargs"])
+
+
 def check_finite(model: nn.Module, what: str) -> None:
     """Raise if any floating-point parameter or buffer of ``model`` is NaN or infinite."""
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -73,10 +108,9 @@ def save_model(
     check_finite(model, "the model to save")
     config = {
         "format": FORMAT,
-        "arch": arch_name(model),
-        "kwargs": dict(model.config),
+        **model_config(model),
         "task": task,
-        "channels": model.config.get("channels"),
+        "channels": _channels(model),
         "data_seed": data_seed,
         "metrics": metrics or {},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -88,6 +122,13 @@ def save_model(
     metadata = {"pixmark": json.dumps(config)}
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return out
+
+
+def _channels(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None and hasattr(model, "model"):
+        config = getattr(model.model, "config", None)
+    return (config or {}).get("channels")
 
 
 def _version() -> str:
@@ -118,10 +159,8 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _load_pixmark(path: Path) -> nn.Module:
-    from pixmark import nets
-
     config = read_config(path)
-    model = nets.create(config["arch"], **config["kwargs"])
+    model = build_model(config)
     state = load_file(str(path))
     try:
         model.load_state_dict(state, strict=True)
