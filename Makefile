@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/pixmark demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
