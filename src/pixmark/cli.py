@@ -284,6 +284,26 @@ def nulls(
 
 
 @app.command()
+def bench(
+    config: Annotated[Path, typer.Argument(help="Benchmark grid (YAML).")],
+    out: Annotated[Path, typer.Option(help="Folder for results.jsonl and the report.")],
+    workers: Annotated[int, typer.Option(help="Cells run in parallel processes.")] = 1,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Rebuild the report from results.")
+    ] = False,
+) -> None:
+    """Run a scheme x task x attack x strength x seed grid; resumable; writes report.html."""
+    from pixmark.bench import run_bench, write_bench_report
+
+    if report_only:
+        report = write_bench_report(out)
+    else:
+        report = run_bench(config, out, workers=workers, progress=not no_progress)
+    console.print(f"report -> {report}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's files and report.")] = Path(
         "runs/demo"

@@ -1,0 +1,353 @@
+"""The benchmark runner and its report, on a tiny real grid (trigger scheme, real images)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixmark.bench import load_config, read_rows, run_bench
+from pixmark.bench.report import detection_at_fpr
+from pixmark.bench.runner import attacked_query, plan
+from pixmark.errors import PixmarkError
+
+#: A grid that runs in about a minute on 2 CPU cores: one small DnCNN protected with the
+#: trigger scheme, one attack of each level, two null models.
+TINY = {
+    "name": "tiny",
+    "profile": "quick",
+    "device": "cpu",
+    "threads": 1,
+    "seeds": [0],
+    "tasks": {
+        "denoise": {
+            "arch": "dncnn",
+            "steps": 60,
+            "size": 40,
+            "width": 16,
+            "arch_kwargs": {"depth": 6},
+        }
+    },
+    "schemes": {
+        "trigger": {
+            "keygen": {"size": 40},
+            "profile_overrides": {"vis_steps": 60, "eval_size": 32, "eval_count": 4},
+        }
+    },
+    "nulls": {"count": 2, "archs": ["dncnn", "unet"], "steps": 30, "size": 32, "width": 8},
+    "fidelity": {"size": 32, "count": 4},
+    "attacks": {
+        "none": [None],
+        "jpeg": [50],
+        "prune": [0.2],
+        "surrogate": {"strengths": [20], "options": {"arch": "dncnn", "size": 32, "width": 8}},
+    },
+}
+N_CELLS = 4 + 2  # four attack cells + one row per null model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two cores are shared; one intra-op thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    report = run_bench(TINY, out, progress=False)
+    assert report == out / "report.html"
+    return out
+
+
+def _artefacts(out: Path) -> dict[str, int]:
+    """mtime (ns) of every cached model and key."""
+    cache = out / "cache"
+    files = list(cache.rglob("*.safetensors")) + list(cache.rglob("build.json"))
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_grid_runs_end_to_end(bench_dir):
+    rows = read_rows(bench_dir / "results.jsonl")
+    assert len(rows) == N_CELLS
+    ids = [r["cell_id"] for r in rows]
+    assert len(set(ids)) == len(ids)
+    assert not [r for r in rows if r["decision"] == "error"]
+    by_attack = {r["attack"]: r for r in rows}
+    assert set(by_attack) == {"none", "jpeg", "prune", "surrogate", "null"}
+    assert {r["level"] for r in rows} == {"clean", "image", "model", "surrogate", "null"}
+    # What a user cares about: the protected model itself is recognised, with a tiny
+    # p-value; independent null models are not accused.
+    assert by_attack["none"]["decision"] == "match"
+    assert by_attack["none"]["p_value"] < 1e-6
+    nulls = [r for r in rows if r["level"] == "null"]
+    assert len(nulls) == 2 and all(r["decision"] == "no match" for r in nulls)
+    for r in rows:
+        for field in ("statistic", "p_value", "fidelity_psnr", "fidelity_ssim", "seconds"):
+            assert r[field] is not None, (r["cell_id"], field)
+        assert r["scheme"] == "trigger" and r["task"] == "denoise" and r["seed"] == 0
+        assert r["pixmark_version"] and r["device"].startswith("cpu")
+        for path in r["evidence"].values():
+            assert (bench_dir / path).is_file()
+    # JPEG distorts the answers the verifier sees; the clean cell sees them untouched.
+    assert by_attack["none"]["suspect_psnr_vs_protected"] > 60
+    assert by_attack["jpeg"]["suspect_psnr_vs_protected"] < 45
+
+
+@pytest.mark.slow
+def test_reports_hold_tables_plots_and_honest_fpr(bench_dir):
+    html = (bench_dir / "report.html").read_text(encoding="utf-8")
+    md = (bench_dir / "report.md").read_text(encoding="utf-8")
+    assert 'src="http' not in html and "src='http" not in html  # nothing fetched
+    assert html.count('src="data:image/png;base64,') >= 5  # plot, fidelity grid, evidence
+    for text in (html, md):
+        assert "Detection at a fixed false-positive rate" in text
+        assert (
+            "not certifiable: 2 null scores &lt; 99" in text
+            or "not certifiable: 2 null scores < 99" in text
+        )
+        assert "trigger distance d" in text
+    for rel in [
+        line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")
+    ]:
+        assert (bench_dir / rel).is_file(), rel
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_recomputing(bench_dir, tmp_path):
+    out = tmp_path / "resume"
+    shutil.copytree(bench_dir, out)
+    results = out / "results.jsonl"
+    lines = results.read_text(encoding="utf-8").splitlines(keepends=True)
+    all_ids = [json.loads(line)["cell_id"] for line in lines]
+    artefacts = _artefacts(out)
+    assert any(k.endswith("protected.safetensors") for k in artefacts)
+    assert any("nulls" in k for k in artefacts) and any("targets" in k for k in artefacts)
+    # Forget the last three cells, then start a real run and kill it (SIGKILL) as soon as it
+    # has finished one more cell, leaving a torn line behind.
+    kept = lines[:3]
+    results.write_text("".join(kept), encoding="utf-8")
+    script = (
+        "import sys, torch; torch.set_num_threads(1); from pixmark.bench import run_bench; "
+        "import json; run_bench(json.loads(sys.argv[1]), sys.argv[2], progress=False)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(TINY), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while len(read_rows(results)) < 4:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the resumed run made no progress"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with open(results, "a", encoding="utf-8") as fh:
+        fh.write('{"cell_id": "torn')  # a kill in the middle of writing a row
+    assert len(read_rows(results)) >= 4
+
+    run_bench(TINY, out, workers=2, progress=False)  # finishes the rest in 2 processes
+    rows = read_rows(results)
+    ids = [r["cell_id"] for r in rows]
+    assert len(ids) == N_CELLS and len(set(ids)) == N_CELLS
+    assert sorted(ids) == sorted(all_ids)
+    assert results.read_text(encoding="utf-8").startswith("".join(kept))  # old rows untouched
+    assert _artefacts(out) == artefacts  # targets, nulls, keys, protected models reused
+
+    # A finished grid does nothing but rewrite the report.
+    start = time.perf_counter()
+    run_bench(TINY, out, progress=False)
+    assert time.perf_counter() - start < 30
+    assert [r["cell_id"] for r in read_rows(results)] == ids
+    assert _artefacts(out) == artefacts
+
+
+def test_changed_settings_make_new_cells(bench_dir):
+    """A cell id carries a hash of its settings: a changed grid never reuses stale rows."""
+    changed = json.loads(json.dumps(TINY))
+    changed["schemes"]["trigger"]["profile_overrides"]["vis_steps"] = 61
+    old = {j.name for j in plan(load_config(TINY))[1]}
+    new = {j.name for j in plan(load_config(changed))[1]}
+    assert len(old) == len(new) == N_CELLS and not old & new
+    same = {j.name for j in plan(load_config(json.loads(json.dumps(TINY))))[1]}
+    assert same == old
+
+
+# --------------------------------------------------------------------------- chromium
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+_CHECK = (
+    "<script>window.addEventListener('load', function () {"
+    "var r = []; for (var i of document.images) r.push(i.complete && i.naturalWidth > 0 ? 1 : 0);"
+    "var p = document.createElement('pre'); p.id = 'img-check';"
+    "p.textContent = 'IMAGES:' + r.join('') + ':END'; document.body.appendChild(p);});</script>"
+)
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    try:
+        return subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed (apt-get install -y chromium); the report's images "
+    "are only checked in a real browser",
+)
+def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
+    page = (bench_dir / "report.html").read_text(encoding="utf-8")
+    n_images = page.count("<img")
+    assert n_images >= 5
+    # Copy the page alone (inlined images need no other file) and add a probe script.
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", _CHECK + "</body>"), encoding="utf-8")
+    done = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r"IMAGES:([01]*):END", done.stdout)
+    assert found, "the probe script did not run: " + done.stdout[-500:]
+    marks = found.group(1)
+    assert len(marks) == n_images
+    assert set(marks) == {"1"}, f"images that did not load: {marks}"
+    # And a screenshot of the real report is not blank.
+    shot = tmp_path / "report.png"
+    done = _chromium(
+        "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={shot}", probe.as_uri()
+    )
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert float(pixels.std()) > 20  # text, tables and plots, not a white page
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_image_attacks_reach_what_the_verifier_sees():
+    images = torch.rand(3, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    identity = lambda x: x.clone()  # noqa: E731
+    jpeg = attacked_query(identity, "jpeg", 30)
+    assert (jpeg(images) - images).abs().mean() > 0.02
+    cropped = attacked_query(identity, "crop", 0.5)(images)
+    assert cropped.shape == images.shape  # resized back to the size the scheme asked for
+    assert torch.equal(attacked_query(identity, "jpeg", 30)(images), jpeg(images))
+
+
+def test_detection_at_fpr_needs_enough_nulls():
+    def row(level, statistic, decision="no match", i=0):
+        return {
+            "scheme": "output",
+            "task": "derain",
+            "level": level,
+            "attack": level,
+            "statistic": statistic,
+            "p_value": 0.5,
+            "decision": decision,
+            "cell_id": str(i),
+        }
+
+    nulls = [row("null", i / 200, i=i) for i in range(120)]  # scores in [0, 0.6)
+    derived = [row("model", s, "match") for s in (0.9, 0.8, 0.59, 0.1)]
+    (entry,) = detection_at_fpr(nulls + derived)
+    assert entry["null scores"] == 120
+    assert entry["TPR @ FPR 0.01"] == "2/4 (50%)"  # threshold = 2nd-highest null score
+    assert entry["TPR @ FPR 0.001"].startswith("not certifiable: 120 null scores < 999")
+    assert entry["TPR (scheme decision)"] == "4/4 (100%)"
+    few = detection_at_fpr(nulls[:5] + derived)[0]
+    assert few["TPR @ FPR 0.01"].startswith("not certifiable: 5 null scores < 99")
+    # A scheme where smaller statistics are evidence (trigger distance) is oriented.
+    flipped = [dict(r, scheme="trigger", statistic=-r["statistic"]) for r in nulls + derived]
+    assert detection_at_fpr(flipped)[0]["TPR @ FPR 0.01"] == "2/4 (50%)"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schemes": {"nope": {}}}, "unknown scheme 'nope'"),
+        ({"attacks": {"melt": [1]}}, "unknown attack 'melt'"),
+        ({"tasks": {"cooking": {}}}, "cooking"),
+        ({"colour": "red"}, "unknown setting(s) colour"),
+        ({"seeds": ["a"]}, "seeds must be a list of integers"),
+    ],
+)
+def test_config_errors_name_the_problem(change, message):
+    config = {**json.loads(json.dumps(TINY)), **change}
+    with pytest.raises(PixmarkError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(config)
+
+
+def test_yaml_config_and_profile_overrides_are_checked(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            tasks: [denoise]
+            schemes: {trigger: {profile_overrides: {no_such_field: 1}}}
+            attacks: {none: [null]}
+            """
+        ),
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config["name"] == "grid" and config["seeds"] == [0]
+    from pixmark.bench.runner import profile_override
+
+    with (
+        pytest.raises(PixmarkError, match="no_such_field"),
+        profile_override("trigger", "quick", {"no_such_field": 1}),
+    ):
+        pass
+    from pixmark.schemes import trigger
+
+    before = dict(trigger.PROFILES["quick"])
+    with profile_override("trigger", "quick", {"vis_steps": 7}):
+        assert trigger.PROFILES["quick"]["vis_steps"] == 7
+    assert trigger.PROFILES["quick"] == before
+    with pytest.raises(PixmarkError, match="does not exist"):
+        run_bench(tmp_path / "missing.yaml", tmp_path / "out", progress=False)
+    with pytest.raises(PixmarkError, match="workers"):
+        run_bench(path, tmp_path / "out", workers=0, progress=False)
