@@ -11,7 +11,7 @@ import importlib
 import inspect
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +23,7 @@ from torch import nn
 from pixmark import data, nets
 from pixmark.checkpoint import load_model, save_model
 from pixmark.errors import PixmarkError
-from pixmark.fileio import atomic_write, check_output_path
+from pixmark.fileio import check_output_path
 from pixmark.keys import Key, load_key, save_key
 from pixmark.schemes.base import Protected, Query, as_query
 from pixmark.stats import Verdict
@@ -269,10 +269,9 @@ def _save_protected(
         metrics = {k: v for k, v in report.items() if isinstance(v, int | float)}
         save_model(model, out, task=report.get("task"), metrics=metrics, extra=extra, force=force)
         return
-    channels = key.params.get("channels", 3)
-    example = torch.rand(1, channels, 64, 64)
-    traced = torch.jit.trace(model.cpu().eval(), example)
-    atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp)))
+    from pixmark.export import export_torchscript
+
+    export_torchscript(model, out, channels=key.params.get("channels", 3), force=True)
 
 
 def suspect_query(
@@ -280,12 +279,29 @@ def suspect_query(
     *,
     weights: str | os.PathLike[str] | None = None,
     name: str = "suspect",
+    channels: int = 3,
+    http_options: dict[str, Any] | None = None,
 ) -> Query:
-    """A :data:`Query` for a model, a model file or spec, or an existing query function."""
+    """A :data:`Query` for a model, a model file or spec, a URL, or a query function.
+
+    A URL (``http://`` or ``https://``) is queried as a black box with
+    :func:`pixmark.remote.http_query` (``http_options``: headers, rate_per_s,
+    max_requests, timeout, request_format, response_format); a ``.onnx`` file runs with
+    onnxruntime.
+    """
     if isinstance(suspect, nn.Module):
         return as_query(suspect, name=name)
     if callable(suspect):
         return suspect
+    text = str(suspect)
+    if text.startswith(("http://", "https://")):
+        from pixmark.remote import http_query
+
+        return http_query(text, channels=channels, **(http_options or {}))
+    if text.endswith(".onnx"):
+        from pixmark.export import onnx_query
+
+        return onnx_query(text)
     return as_query(load_model(suspect, weights=weights), name=f"{name} {suspect}")
 
 
@@ -311,6 +327,10 @@ def verify(
     weights: str | os.PathLike[str] | None = None,
     nulls: str | os.PathLike[str] | list[Any] | None = None,
     evidence_dir: str | os.PathLike[str] | None = None,
+    http_options: dict[str, Any] | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    pubkey: str | os.PathLike[str] | None = None,
+    suspect_released_at: str | None = None,
     **options: Any,
 ) -> Verdict:
     """Was ``suspect`` derived from the model protected with ``key``?
@@ -318,14 +338,30 @@ def verify(
     ``suspect`` is a model, a model file (checkpoint, TorchScript), a
     ``package.module:factory`` spec with ``weights``, or a query function (black box).
     ``nulls`` (a folder of independently trained models, or a list) calibrates the
-    decision empirically. Returns the scheme's :class:`~pixmark.stats.Verdict`; evidence
-    images are written to ``evidence_dir``.
+    decision empirically. A URL suspect is queried over HTTP (``http_options``). With
+    ``cert`` and ``pubkey`` the owner's signed certificate is checked first (commitment of
+    this key, signature, and a timestamp before ``suspect_released_at``). Returns the
+    scheme's :class:`~pixmark.stats.Verdict`; evidence images go to ``evidence_dir``.
     """
     loaded_key = as_key(key)
     module = scheme_module(loaded_key.scheme)
-    query = suspect_query(suspect, weights=weights)
+    checked = None
+    if cert is not None:
+        from pixmark.certify import check_certificate
+
+        if pubkey is None:
+            raise PixmarkError("a certificate is checked against the owner's public key: give it")
+        checked = check_certificate(
+            cert, pubkey, key=loaded_key, suspect_released_at=suspect_released_at
+        )
+    query = suspect_query(
+        suspect,
+        weights=weights,
+        channels=loaded_key.params.get("channels", 3),
+        http_options=http_options,
+    )
     evidence = Path(evidence_dir) if evidence_dir is not None else None
-    return _call(
+    verdict = _call(
         loaded_key.scheme,
         module.verify,
         query,
@@ -334,6 +370,9 @@ def verify(
         evidence_dir=evidence,
         **options,
     )
+    if checked is not None:
+        verdict = replace(verdict, details={**verdict.details, "certificate": checked})
+    return verdict
 
 
 #: Architectures cycled through by :func:`train_nulls`, so nulls differ in design too.
@@ -409,7 +448,7 @@ def attacker_inputs(
 
 def attack(
     kind: str,
-    model: nn.Module | str | os.PathLike[str],
+    model: nn.Module | str | os.PathLike[str] | Query,
     strength: float | str | None = None,
     *,
     task: str | None = None,
@@ -431,22 +470,20 @@ def attack(
 
     if out is not None:
         check_output_path(out, force)
-    victim = load_model(model) if not isinstance(model, nn.Module) else model
     meta_task = task or _model_task(model)
     if kind == "surrogate":
         if meta_task is None:
             raise PixmarkError("the surrogate attack needs --task (the teacher's task)")
-        channels = _input_channels(victim)
+        if callable(model) and not isinstance(model, nn.Module):
+            teacher, channels = model, options.pop("channels", None) or 3  # a URL / black box
+        else:
+            victim = load_model(model) if not isinstance(model, nn.Module) else model
+            options.pop("channels", None)
+            teacher, channels = as_query(victim, name="teacher"), _input_channels(victim)
         inputs = attacker_inputs(meta_task, channels, data_source)
-        result = _call(
-            "surrogate",
-            train_surrogate,
-            as_query(victim, name="teacher"),
-            inputs,
-            channels=channels,
-            **options,
-        )
+        result = _call("surrogate", train_surrogate, teacher, inputs, channels=channels, **options)
     elif kind in attacks.MODEL_ATTACKS:
+        victim = load_model(model) if not isinstance(model, nn.Module) else model
         if strength is None:
             raise PixmarkError(f"the {kind} attack needs --strength")
         if kind == "fine_tune":

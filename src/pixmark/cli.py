@@ -190,17 +190,61 @@ def protect(
 def verify(
     key: Annotated[Path, typer.Option(help="The owner's key file.")],
     suspect: Annotated[
-        str, typer.Option(help="Suspect model: checkpoint, TorchScript or package.module:factory.")
+        str,
+        typer.Option(
+            help="Suspect: checkpoint, TorchScript, .onnx, "
+            "package.module:factory, or an http(s) URL."
+        ),
     ],
     weights: Annotated[Path | None, typer.Option(help="Weights for a factory spec.")] = None,
     nulls: Annotated[Path | None, typer.Option(help="Folder of null models.")] = None,
     evidence: Annotated[Path | None, typer.Option(help="Folder for evidence images.")] = None,
+    header: Annotated[list[str] | None, typer.Option(help="URL: 'Name: value' header.")] = None,
+    request_format: Annotated[
+        str | None, typer.Option(help="URL: raw-png, raw-jpeg, multipart or json-base64.")
+    ] = None,
+    response_format: Annotated[
+        str | None, typer.Option(help="URL: png, image or json-base64.")
+    ] = None,
+    rate_per_s: Annotated[float | None, typer.Option(help="URL: max requests/s.")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="URL: request budget.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="URL: seconds per request.")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Owner's signed certificate.")] = None,
+    pubkey: Annotated[Path | None, typer.Option(help="Owner's Ed25519 public key.")] = None,
+    suspect_released_at: Annotated[
+        str | None,
+        typer.Option(help="ISO time the suspect appeared; the certificate must be older."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Decide whether a suspect was derived from the protected model. Exit 0 match, 1 no match."""
     from pixmark import api
 
-    verdict = api.verify(suspect, key, weights=weights, nulls=nulls, evidence_dir=evidence)
+    headers = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise PixmarkError(f"header {item!r} must look like 'Name: value'")
+        headers[name.strip()] = value.strip()
+    http_options = _options(
+        headers=headers or None,
+        request_format=request_format,
+        response_format=response_format,
+        rate_per_s=rate_per_s,
+        max_requests=max_requests,
+        timeout=timeout,
+    )
+    verdict = api.verify(
+        suspect,
+        key,
+        weights=weights,
+        nulls=nulls,
+        evidence_dir=evidence,
+        http_options=http_options,
+        cert=cert,
+        pubkey=pubkey,
+        suspect_released_at=suspect_released_at,
+    )
     if as_json:
         print(verdict.to_json())
     else:
@@ -216,6 +260,10 @@ def attack(
     out: Annotated[Path, typer.Option(help="Attacked model (.safetensors).")],
     model: Annotated[str | None, typer.Option(help="Model to attack.")] = None,
     teacher: Annotated[str | None, typer.Option(help="surrogate: the model to steal.")] = None,
+    teacher_url: Annotated[str | None, typer.Option(help="surrogate: steal a service.")] = None,
+    channels: Annotated[int | None, typer.Option(help="surrogate: channels (URL).")] = None,
+    rate_per_s: Annotated[float | None, typer.Option(help="URL: max requests/s.")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="URL: request budget.")] = None,
     strength: Annotated[str | None, typer.Option(help="Attack strength (see docs).")] = None,
     task: Annotated[str | None, typer.Option(help="Task (for fine_tune/surrogate).")] = None,
     data: Annotated[str | None, typer.Option(help="builtin or a folder of images.")] = None,
@@ -233,7 +281,12 @@ def attack(
     """Attack a model: pruning, quantization, fine-tuning, or a surrogate trained on its outputs."""
     from pixmark import api
 
-    victim = teacher or model
+    victim = teacher or model or teacher_url
+    if teacher_url is not None:
+        if task is None:
+            raise PixmarkError("stealing a service needs --task (what the service does)")
+        http = _options(rate_per_s=rate_per_s, max_requests=max_requests)
+        victim = api.suspect_query(teacher_url, channels=channels or 3, http_options=http)
     if victim is None:
         raise PixmarkError("give the model to attack with --model (or --teacher for surrogate)")
     if kind == "surrogate":
@@ -301,6 +354,109 @@ def bench(
     else:
         report = run_bench(config, out, workers=workers, progress=not no_progress)
     console.print(f"report -> {report}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Model: checkpoint, TorchScript or factory.")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    weights: Annotated[Path | None, typer.Option(help="Weights for a factory spec.")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload in MiB.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest image in pixels.")] = 4_000_000,
+    max_concurrency: Annotated[int, typer.Option(help="Requests processed at once.")] = 4,
+    max_batch: Annotated[int, typer.Option(help="Same-size requests batched together.")] = 8,
+    batch_window_ms: Annotated[float, typer.Option(help="Wait to fill a batch (ms).")] = 5.0,
+) -> None:
+    """Serve a (protected) model over HTTP: POST /v1/process, GET /v1/health, GET /v1/info."""
+    from pixmark.serve import serve as run_server
+
+    run_server(
+        model,
+        host=host,
+        port=port,
+        weights=weights,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        max_concurrency=max_concurrency,
+        max_batch=max_batch,
+        batch_window_ms=batch_window_ms,
+    )
+
+
+@app.command("owner-keygen")
+def owner_keygen(
+    private: Annotated[Path, typer.Option(help="Ed25519 private key (PEM) to write.")],
+    public: Annotated[Path, typer.Option(help="Public key (PEM) to write.")],
+    force: Force = False,
+) -> None:
+    """Make the owner's Ed25519 signing key pair (for certificates)."""
+    from pixmark.certify import generate_owner_key
+
+    generate_owner_key(private, public, force=force)
+    console.print(f"private key -> {private} (keep it secret); public key -> {public}")
+
+
+@app.command()
+def certify(
+    key: Annotated[Path, typer.Option(help="The watermark key file.")],
+    model: Annotated[Path, typer.Option(help="The protected model file.")],
+    owner_key: Annotated[Path, typer.Option(help="Owner's Ed25519 private key (PEM).")],
+    out: Annotated[Path, typer.Option(help="Certificate (JSON) to write.")],
+    released_at: Annotated[str | None, typer.Option(help="ISO release time.")] = None,
+    force: Force = False,
+) -> None:
+    """Sign a certificate binding key commitment, model hash, scheme and time."""
+    from pixmark.certify import certify as make_certificate
+
+    cert = make_certificate(key, model, owner_key, out, released_at=released_at, force=force)
+    print(json.dumps(cert, indent=2))
+
+
+@app.command("check-cert")
+def check_cert(
+    cert: Annotated[Path, typer.Argument(help="Certificate (JSON).")],
+    pubkey: Annotated[Path, typer.Option(help="Owner's public key (PEM).")],
+    key: Annotated[Path | None, typer.Option(help="Key file it must commit to.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model file it must hash to.")] = None,
+    suspect_released_at: Annotated[
+        str | None,
+        typer.Option(help="ISO time the suspect appeared; the certificate must be older."),
+    ] = None,
+) -> None:
+    """Check a certificate's signature, commitment, model hash and time. Exit 2 if invalid."""
+    from pixmark.certify import check_certificate
+    from pixmark.keys import load_key
+
+    checked = check_certificate(
+        cert,
+        pubkey,
+        key=load_key(key) if key else None,
+        model_path=model,
+        suspect_released_at=suspect_released_at,
+    )
+    print(json.dumps(checked, indent=2))
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Model: checkpoint or factory spec.")],
+    out: Annotated[Path, typer.Option(help="Output: .onnx or .pt (TorchScript).")],
+    channels: Annotated[int, typer.Option(help="1 or 3.")] = 3,
+    force: Force = False,
+) -> None:
+    """Export a (protected) model to ONNX or TorchScript, checked against the original."""
+    from pixmark.checkpoint import load_model
+    from pixmark.export import export_onnx, export_torchscript
+
+    net = load_model(model)
+    if out.suffix == ".onnx":
+        export_onnx(net, out, channels=channels, force=force)
+    elif out.suffix == ".pt":
+        export_torchscript(net, out, channels=channels, force=force)
+    else:
+        raise PixmarkError(f"export path {out} must end in .onnx or .pt")
+    console.print(f"{model} -> {out}")
 
 
 @app.command()
