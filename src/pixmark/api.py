@@ -475,7 +475,9 @@ def attack(
         if meta_task is None:
             raise PixmarkError("the surrogate attack needs --task (the teacher's task)")
         if callable(model) and not isinstance(model, nn.Module):
-            teacher, channels = model, options.pop("channels", None) or 3  # a URL / black box
+            # A black box (e.g. an HTTP service): it knows its channel count, or we are told.
+            channels = options.pop("channels", None) or getattr(model, "channels", None) or 3
+            teacher = model
         else:
             victim = load_model(model) if not isinstance(model, nn.Module) else model
             options.pop("channels", None)

@@ -1,0 +1,100 @@
+"""Black-box reality, end to end: serve over HTTP, verify by URL, steal through the API.
+
+A real uvicorn server on 127.0.0.1 serves the protected model; verification only sees
+its HTTP answers (8-bit PNGs). The CLI is exercised as a user would call it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixmark import api
+from pixmark.checkpoint import save_model
+from pixmark.cli import main
+from pixmark.remote import http_query
+from pixmark.serve import running
+
+
+def _dncnn(seed: int) -> torch.nn.Module:
+    return api.train_model(
+        "denoise",
+        "dncnn",
+        steps=120,
+        size=40,
+        width=16,
+        channels=1,
+        seed=seed,
+        arch_kwargs={"depth": 6},
+        device="cpu",
+        progress=False,
+    ).model
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An owner's trigger key and protected model, and an independent clean model."""
+    folder = tmp_path_factory.mktemp("owner")
+    key = folder / "acme.key"
+    api.keygen("trigger", "ACME Imaging", out=key)
+    protected = folder / "protected.safetensors"
+    api.protect(_dncnn(0), key, out=protected, profile="quick", device="cpu", progress=False)
+    clean = save_model(_dncnn(1), folder / "clean.safetensors", task="denoise")
+    return {"key": key, "protected": protected, "clean": clean, "folder": folder}
+
+
+def _cli(args: list[str]) -> int:
+    old = sys.argv
+    sys.argv = ["pixmark", *args]
+    try:
+        main()
+        return 0
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = old
+
+
+def test_verify_by_url_matches_the_served_protected_model(owner: dict[str, Path]) -> None:
+    with running(owner["protected"]) as url:
+        verdict = api.verify(f"{url}/v1/process", owner["key"])
+        assert verdict.decision == "match", verdict.summary()
+        assert _cli(["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]) == 0
+
+
+def test_verify_by_url_rejects_a_served_clean_model(owner: dict[str, Path]) -> None:
+    with running(owner["clean"]) as url:
+        verdict = api.verify(f"{url}/v1/process", owner["key"])
+        assert verdict.decision == "no match", verdict.summary()
+        assert _cli(["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]) == 1
+
+
+def test_unreachable_url_is_a_clear_error(owner: dict[str, Path]) -> None:
+    assert (
+        _cli(["verify", "--key", str(owner["key"]), "--suspect", "http://127.0.0.1:9/v1/process"])
+        == 2
+    )
+
+
+def test_steal_through_the_api_with_a_bounded_budget(owner: dict[str, Path]) -> None:
+    """An attacker trains a surrogate from HTTP answers alone, within a request budget."""
+    with running(owner["protected"]) as url:
+        teacher = http_query(f"{url}/v1/process", channels=1, max_requests=2000)
+        surrogate = api.attack(
+            "surrogate",
+            teacher,
+            task="denoise",
+            arch="dncnn",
+            steps=60,
+            size=32,
+            width=16,
+            batch_size=4,
+            device="cpu",
+            progress=False,
+        )
+        assert 0 < teacher.requests_made <= 2000
+    x = torch.rand(1, 1, 40, 40)
+    assert surrogate(x).shape == x.shape
