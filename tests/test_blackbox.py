@@ -41,7 +41,9 @@ def owner(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     key = folder / "acme.key"
     api.keygen("trigger", "ACME Imaging", out=key)
     protected = folder / "protected.safetensors"
-    api.protect(_dncnn(0), key, out=protected, profile="quick", device="cpu", progress=False)
+    # A tiny, briefly trained host: embed with a larger step and weight than the quick profile.
+    api.protect(_dncnn(0), key, out=protected, profile="quick", device="cpu", progress=False,
+                overrides={"lr": 1e-3, "lam": 0.1})
     clean = save_model(_dncnn(1), folder / "clean.safetensors", task="denoise")
     return {"key": key, "protected": protected, "clean": clean, "folder": folder}
 
@@ -98,3 +100,13 @@ def test_steal_through_the_api_with_a_bounded_budget(owner: dict[str, Path]) -> 
         assert 0 < teacher.requests_made <= 2000
     x = torch.rand(1, 1, 40, 40)
     assert surrogate(x).shape == x.shape
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
+def test_exported_protected_model_still_verifies(owner: dict[str, Path], suffix: str) -> None:
+    """The watermark survives export: ONNX (onnxruntime) and TorchScript copies match."""
+    out = owner["folder"] / f"exported{suffix}"
+    assert _cli(["export", str(owner["protected"]), "--out", str(out), "--channels", "1",
+                 "--force"]) == 0
+    verdict = api.verify(out, owner["key"])
+    assert verdict.decision == "match", verdict.summary()

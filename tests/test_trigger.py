@@ -1,0 +1,222 @@
+"""The trigger scheme (Quan et al., TNNLS 2020) on a small DnCNN trained on real images."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pixmark.api import train_model
+from pixmark.errors import PixmarkError
+from pixmark.keys import load_key, new_key, save_key
+from pixmark.metrics import ncc
+from pixmark.schemes import trigger
+from pixmark.schemes.base import as_query
+
+SECRET = "5e" * 32
+#: The test host has ~4k weights; it needs bigger steps than the quick profile's lr 1e-4.
+TINY_HOST = {"lr": 1e-3, "lam": 0.1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two cores are shared; one intra-op thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _dncnn(seed: int):
+    return train_model(
+        "denoise",
+        "dncnn",
+        steps=120,
+        size=40,
+        width=16,
+        channels=1,
+        seed=seed,
+        arch_kwargs={"depth": 6},
+        device="cpu",
+        progress=False,
+    ).model
+
+
+@pytest.fixture(scope="module")
+def host():
+    return _dncnn(seed=0)
+
+
+@pytest.fixture(scope="module")
+def null_host():
+    return _dncnn(seed=1)
+
+
+@pytest.fixture(scope="module")
+def protected(host):
+    key = trigger.keygen("ACME Imaging", secret=SECRET)
+    return trigger.protect(
+        host, key, profile="quick", device="cpu", progress=False, overrides=TINY_HOST
+    )
+
+
+# --------------------------------------------------------------------------- keygen
+
+
+def test_trigger_is_derived_from_secret_and_owner():
+    a = trigger.keygen("ACME Imaging", secret=SECRET)
+    b = trigger.keygen("ACME Imaging", secret=SECRET)
+    c = trigger.keygen("Globex", secret=SECRET)
+    d = trigger.keygen("ACME Imaging")
+    k = a.tensor("trigger")
+    assert k.shape == (1, 1, 40, 40)
+    assert torch.equal(k, b.tensor("trigger"))
+    assert not torch.allclose(k, c.tensor("trigger"))
+    assert not torch.allclose(k, d.tensor("trigger"))
+    assert float(k.min()) >= 0.0 and float(k.max()) <= 1.0
+    assert abs(float(k.mean()) - 0.5) < 0.05  # uniform noise
+    assert a.params["eta"] == pytest.approx(6.07e-3, abs=5e-6)  # the paper's 40 x 40 threshold
+    several = trigger.keygen("ACME Imaging", size=24, count=3, channels=3, design="gradient")
+    assert several.tensor("trigger").shape == (3, 3, 24, 24)
+
+
+def test_sr_trigger_is_an_upsampled_noise_image():
+    key = trigger.keygen("ACME Imaging", size=20, task="sr2", secret=SECRET)
+    k = key.tensor("trigger")
+    assert k.shape == (1, 1, 20, 20)
+    low = F.avg_pool2d(k, 2)
+    # Bilinear upsampling of 10 x 10 noise: neighbours agree far more than in raw noise.
+    assert float((k[..., 1:] - k[..., :-1]).abs().mean()) < 0.2
+    assert float(low.std()) > 0.15
+    s0 = trigger.designed(k, "sr2", "sobel")
+    assert float((s0 - k).min()) >= 0.0  # SR design adds the enhancement
+    with pytest.raises(PixmarkError, match="divisible"):
+        trigger.keygen("ACME Imaging", size=21, task="sr2")
+
+
+@pytest.mark.parametrize("design", trigger.DESIGNS)
+def test_designs_are_far_from_simple_responses(design):
+    """The identity and a 3 x 3 box blur are far from either design (no match)."""
+    k = trigger.keygen("ACME Imaging", secret=SECRET, count=4).tensor("trigger")
+    s0 = trigger.designed(k, "denoise", design)
+    eta = trigger.trigger_threshold(4 * 40, 40)
+    blur = F.avg_pool2d(F.pad(k, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    for response in (k, blur):
+        assert trigger.distance(response, s0) > eta
+        assert trigger.residual_ncc(response, s0, k) < 0.85
+    # Plain output-space correlation would be fooled by the shared trigger: explain why
+    # pixmark correlates residuals.
+    assert float(ncc(k.reshape(1, -1), s0.reshape(1, -1))) > 0.5
+
+
+# --------------------------------------------------------------------------- protect + verify
+
+
+@pytest.mark.slow
+def test_protected_model_matches_with_distance_below_eta(protected, tmp_path):
+    report = protected.report
+    assert report["d"] <= report["eta"] / 4
+    assert report["ncc"] >= 0.99
+    verdict = trigger.verify(as_query(protected.model), protected.key, evidence_dir=tmp_path)
+    assert verdict.decision == "match"
+    assert verdict.statistic <= verdict.threshold == pytest.approx(6.07e-3, abs=5e-6)
+    assert verdict.details["ncc"] > 0.95
+    assert verdict.p_value < 1e-6
+    assert verdict.details["key_valid"]
+    assert verdict.details["logo_ncc"] > 0.9  # the visualizer draws the owner's logo
+    assert (tmp_path / "trigger_evidence.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_fidelity_cost_is_small(protected):
+    assert protected.report["delta_psnr"] <= 0.1
+    assert protected.report["psnr_after"] > 20.0
+
+
+@pytest.mark.slow
+def test_clean_and_null_models_do_not_match(host, null_host, protected):
+    nulls = [as_query(null_host)]
+    for suspect in (host, null_host):
+        verdict = trigger.verify(as_query(suspect), protected.key, nulls=nulls, random_keys=20)
+        assert verdict.decision == "no match"
+        assert verdict.statistic > verdict.threshold
+        assert verdict.details["ncc"] < 0.8
+        assert verdict.p_value > 0.5
+        assert verdict.details["logo_ncc"] < 0.5  # the logo is not recognizable
+        assert verdict.details["null_fpr"] == 0.0
+    # The protected model sits far below every null distance.
+    verdict = trigger.verify(as_query(protected.model), protected.key, nulls=nulls, random_keys=20)
+    assert verdict.details["empirical_p"] == pytest.approx(1 / 22)
+    assert verdict.statistic < 0.5 * verdict.details["null_d_min"]
+
+
+@pytest.mark.slow
+def test_forged_key_is_rejected(protected):
+    forged = trigger.forge_key(protected.model, "Mallory", tries=3)
+    verdict = trigger.verify(as_query(protected.model), forged)
+    assert verdict.statistic == 0.0  # the naive distance test alone would accept it
+    assert verdict.decision == "no match"
+    assert not verdict.details["key_valid"]
+    assert verdict.details["design_ncc"] < 0.9
+
+
+@pytest.mark.slow
+def test_wrong_owner_key_does_not_match(protected, null_host):
+    renamed = dataclasses.replace(protected.key, owner="Mallory")
+    verdict = trigger.verify(as_query(protected.model), renamed)
+    assert verdict.decision == "no match"
+    assert not verdict.details["trigger_derived"]
+    other = trigger.protect(
+        null_host,
+        trigger.keygen("Globex", secret="a1" * 32),
+        device="cpu",
+        progress=False,
+        overrides=TINY_HOST,
+    )
+    assert trigger.verify(as_query(other.model), other.key).decision == "match"
+    verdict = trigger.verify(as_query(protected.model), other.key)
+    assert verdict.decision == "no match"
+    assert verdict.details["ncc"] < 0.9
+
+
+@pytest.mark.slow
+def test_protected_key_survives_save_and_load(protected, tmp_path):
+    path = save_key(protected.key, tmp_path / "acme.key")
+    key = load_key(path, scheme="trigger")
+    verdict = trigger.verify(as_query(protected.model), key)
+    assert verdict.decision == "match"
+    assert verdict.details["logo_ncc"] > 0.9
+    assert verdict.details["key_commitment"] == protected.key.commitment
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_trigger_of_another_size_is_a_clear_error():
+    key = trigger.keygen("ACME Imaging", secret=SECRET)
+    bad = key.with_updates(
+        params={"protected": True}, tensors={"response": torch.rand(1, 1, 20, 20)}
+    )
+    with pytest.raises(PixmarkError, match="20, 20.*40x40"):
+        trigger.verify(lambda x: x, bad)
+    with pytest.raises(PixmarkError, match="trigger size"):
+        trigger.keygen("ACME Imaging", size=4)
+
+
+def test_key_of_another_scheme_is_a_clear_error(host):
+    key = new_key("output", "ACME Imaging")
+    with pytest.raises(PixmarkError, match="'output' key"):
+        trigger.verify(lambda x: x, key)
+    with pytest.raises(PixmarkError, match="'output' key"):
+        trigger.protect(host, key, progress=False)
+
+
+def test_unprotected_key_and_channel_mismatch_are_clear_errors(host):
+    with pytest.raises(PixmarkError, match="protect a model"):
+        trigger.verify(lambda x: x, trigger.keygen("ACME Imaging"))
+    with pytest.raises(PixmarkError, match="1-channel"):
+        trigger.protect(host, trigger.keygen("ACME Imaging", channels=3), progress=False)
+    with pytest.raises(PixmarkError, match="unknown profile entries"):
+        trigger.protect(host, trigger.keygen("ACME Imaging"), overrides={"lambda": 1.0})
