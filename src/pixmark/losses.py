@@ -142,13 +142,16 @@ class PerceptualLoss(nn.Module):
 
 
 def perceptual_loss(
-    channels: int = 3, vgg16_weights: str | os.PathLike[str] | None = None
+    channels: int = 3,
+    vgg16_weights: str | os.PathLike[str] | None = None,
+    ffdnet_layers: int = 2,
 ) -> PerceptualLoss:
     """The perceptual loss pixmark uses: VGG-16 ``relu2_2`` if ``vgg16_weights`` is
-    given, else early features of the pretrained FFDNet (see module docstring)."""
+    given, else the first ``ffdnet_layers`` layers of the pretrained FFDNet (see module
+    docstring)."""
     if vgg16_weights is not None:
         return PerceptualLoss(VGG16Features(vgg16_weights))
-    return PerceptualLoss(FFDNetFeatures(channels))
+    return PerceptualLoss(FFDNetFeatures(channels, ffdnet_layers))
 
 
 def perceptual_name(vgg16_weights: str | os.PathLike[str] | None) -> str:

@@ -1,0 +1,801 @@
+"""The ``output`` scheme (Zhang et al., AAAI 2020): hide a logo in every output.
+
+The protected model M is left untouched. An embedding network H (a UNet fed the output
+B = M(A) stacked channel-wise with the logo δ) turns every output into B' = H(B ⊕ δ),
+visually equal to B. An extractor R recovers δ from B' and returns a blank δ0 for clean
+images (inputs A, unprotected outputs B). A PatchGAN D keeps B' looking like B. Stage 2
+trains surrogate models on (A, B') — what a thief would do — and fine-tunes R on their
+outputs, with a surrogate of the *unprotected* model as negatives, so that R finds the
+logo in a stolen model's outputs and not in an independent one's.
+
+What pixmark does beyond the paper (each for a measured reason, see docs/schemes/output.md):
+
+* R sees its input *circularly shifted by a random offset* and has two coordinate
+  channels. A logo painted at fixed pixel positions cannot be learnt by a
+  translation-equivariant surrogate; with shifted inputs H must hide a *stationary*
+  signature (the same everywhere), and R paints the logo from its own coordinates.
+* The fidelity weight is a controller, not a constant: it rises while PSNR(B', B) is
+  below the profile's target and falls above it, so H spends exactly the invisibility
+  budget (≥ 30 dB) on a signal strong enough for surrogates to copy.
+* The statistic cannot fool itself: ``logo_nc`` is the mean-centred NC of the ±1 images
+  (pixel darker than 0.5 = ink). A blank, a faint logo-shaped residue, noise or an
+  all-dark image score about 0; only a recovered logo scores near 1.
+* The verdict pools all queries: the number of queries with ``logo_nc`` > threshold is
+  tested against the success rate of null models (binomial, ``pooled_success_test``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor, nn
+
+from pixmark import nets
+from pixmark.errors import PixmarkError
+from pixmark.keys import Key, new_key
+from pixmark.metrics import centered_nc, psnr
+from pixmark.schemes.base import Protected, Query, as_query, check_profile
+from pixmark.stats import Verdict, decide, pooled_success_test
+from pixmark.train import Device, run, seed_everything
+
+SCHEME = "output"
+
+#: Per-query success: ``logo_nc`` above this (the paper's NC threshold).
+SUCCESS_NC = 0.95
+#: Significance level of the pooled test.
+ALPHA = 1e-3
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Training budget and network sizes of one ``protect`` profile.
+
+    Sizes in px; ``target_psnr`` in dB is where the fidelity controller holds
+    PSNR(B', B); steps are optimiser steps of ``batch`` crops.
+    """
+
+    size: int
+    batch: int
+    pool: int  # (A, B) crop pairs drawn once for stage 1 and R fine-tuning
+    steps: int  # stage 1 (H, R, D)
+    surrogate_steps: int  # each stage-2 surrogate
+    finetune_steps: int  # stage 2: R alone
+    h_width: int
+    h_depth: int
+    r_width: int
+    r_blocks: int
+    d_width: int
+    d_layers: int
+    surrogate_width: int
+    lr: float
+    beta1: float
+    target_psnr: float
+    n_queries: int
+    perceptual: float = 1.0  # λ2
+    perceptual_layers: int = 2  # FFDNet layers used as perceptual features
+    adversarial: float = 0.01  # λ3
+    extract: float = 1.0  # λ
+    warmup: float = 0.2  # fraction of stage 1 with the fidelity weight held at 1
+    carrier: float = 0.03  # amplitude of the keyed carrier H is started on (see protect)
+
+
+PROFILES: dict[str, Profile] = {
+    # Tests and demo: about 3 minutes on 2 CPU cores.
+    "quick": Profile(
+        size=64, batch=8, pool=256, steps=360, surrogate_steps=240, finetune_steps=150,
+        h_width=12, h_depth=3, r_width=16, r_blocks=3, d_width=16, d_layers=2,
+        surrogate_width=16, lr=1e-3, beta1=0.9, target_psnr=35.0, n_queries=32,
+        perceptual_layers=1,
+    ),
+    # About 45 minutes on 2 CPU cores.
+    "cpu": Profile(
+        size=96, batch=8, pool=1024, steps=4000, surrogate_steps=2500, finetune_steps=1500,
+        h_width=32, h_depth=4, r_width=48, r_blocks=9, d_width=32, d_layers=3,
+        surrogate_width=32, lr=5e-4, beta1=0.5, target_psnr=38.0, n_queries=64,
+    ),
+    # The paper: 256 × 256, batch 16, Adam 2e-4 (β1 0.5), 200 epochs of 6000 images.
+    "paper": Profile(
+        size=256, batch=16, pool=6000, steps=75000, surrogate_steps=75000,
+        finetune_steps=20000, h_width=64, h_depth=7, r_width=128, r_blocks=9, d_width=64,
+        d_layers=3, surrogate_width=64, lr=2e-4, beta1=0.5, target_psnr=40.0, n_queries=100,
+    ),
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- logo, statistic
+
+
+def render_logo(text: str, size: int = 64, channels: int = 3, generator: Any = None) -> Tensor:
+    """A logo rendered from ``text``, dark on light: up to 3 bold initials filling most of
+    the square, plus a bar and a dot placed from ``generator`` (the key), so that two
+    owners' logos differ even with equal initials. Returns [1, channels, size, size] in
+    [0, 1] (anti-aliased), background 1."""
+    if size < 16:
+        raise PixmarkError(f"logo size must be at least 16 px, got {size}")
+    words = [w for w in text.replace("-", " ").split() if w[:1].isalnum()]
+    initials = "".join(w[0] for w in words[:3]).upper() or text.strip()[:2].upper() or "?"
+    im = Image.new("L", (size, size), 255)
+    draw = ImageDraw.Draw(im)
+    stroke = max(1, size // 32)
+    font_size = int(size * 0.6)
+    while True:
+        font = ImageFont.load_default(size=font_size)
+        box = draw.textbbox((0, 0), initials, font=font, stroke_width=stroke)
+        if box[2] - box[0] <= 0.9 * size or font_size <= 6:
+            break
+        font_size -= 1
+    tw, th = box[2] - box[0], box[3] - box[1]
+    draw.text(((size - tw) // 2 - box[0], int(size * 0.4) - th // 2 - box[1]), initials,
+              fill=0, font=font, stroke_width=stroke, stroke_fill=0)  # fmt: skip
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    u = [float(v) for v in torch.rand(4, generator=g)]
+    bar_w = int(size * (0.25 + 0.35 * u[0]))
+    bar_x = int((size - bar_w) * u[1])
+    bar_y = int(size * (0.76 + 0.08 * u[2]))
+    draw.rectangle([bar_x, bar_y, bar_x + bar_w, bar_y + max(2, size // 12)], fill=0)
+    r = max(2, size // 12)
+    dot_x = int(r + (size - 2 * r) * u[3])
+    if bar_x - r <= dot_x <= bar_x + bar_w + r:  # keep the dot off the bar
+        dot_x = (dot_x + size // 2) % (size - 2 * r) + r
+    draw.ellipse([dot_x - r, bar_y - 1, dot_x + r, bar_y - 1 + 2 * r], fill=0)
+    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float() / 255.0
+    return t.view(1, 1, size, size).expand(1, channels, size, size).contiguous()
+
+
+#: A pixel of an extracted watermark counts as ink when darker than this. It sits well
+#: below 0.5 so that an undecided extractor, whose output in the logo's ink is the
+#: average of logo (0) and blank (1), does not count as having found the logo.
+INK = 0.3
+
+
+def _sign(x: Tensor, ink: float = INK) -> Tensor:
+    return torch.where(x > ink, 1.0, -1.0).to(torch.float32)
+
+
+def logo_nc(extracted: Tensor, logo: Tensor) -> Tensor:
+    """Per-image similarity of extracted watermarks to the logo, in [-1, 1].
+
+    Mean-centred NC (Pearson correlation) of the ±1 images ``sign(x - INK)`` (INK = 0.3),
+    i.e. of the ink masks. A blank, an all-dark image, a faint or half-hearted
+    logo-shaped residue (nothing crosses 0.3) and noise score about 0; the logo itself
+    scores 1. ``logo`` [1 or N, C, H, W] is
+    resized (bilinear) to the extracted size when they differ.
+    """
+    if logo.shape[-2:] != extracted.shape[-2:]:
+        logo = F.interpolate(logo, size=extracted.shape[-2:], mode="bilinear", align_corners=False)
+    logo = logo.expand(extracted.shape[0], -1, -1, -1)
+    return centered_nc(_sign(extracted.detach().float()), _sign(logo.float(), 0.5))
+
+
+# --------------------------------------------------------------------------- networks
+
+
+class Extractor(nn.Module):
+    """The extractor R: a CEILNet fed the image plus two coordinate channels.
+
+    The coordinates (x and y in [-1, 1]) let R paint the logo at its place from a
+    stationary signature. (Not space-to-depth: CEILNet's instance norm would then
+    subtract a stationary fine pattern as a per-channel mean.) Input [N, channels, H, W]
+    in [0, 1]; output the recovered logo [N, out_channels, H, W] (linear; the logo is in
+    [0, 1]).
+    """
+
+    def __init__(self, channels: int = 3, out_channels: int = 3, width: int = 64,
+                 n_blocks: int = 9) -> None:  # fmt: skip
+        super().__init__()
+        self.config = {
+            "channels": channels,
+            "out_channels": out_channels,
+            "width": width,
+            "n_blocks": n_blocks,
+        }
+        self.net = nets.create(
+            "ceilnet", channels=channels, width=width, n_blocks=n_blocks,
+            in_channels=channels + 2, out_channels=out_channels,
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(n, 2, h, w)
+        return self.net(torch.cat([x, grid], dim=1))
+
+
+class Watermarked(nn.Module):
+    """The deployed model: ``H(M(x) ⊕ δ)`` with the logo δ baked in as a buffer.
+
+    ``model`` is the untouched protected model M; ``embedder`` the UNet H (input
+    2·C channels: output and logo; residual output). Input and output [N, C, H, W] in
+    [0, 1]; the logo is resized to the image size. TorchScript-traceable.
+    """
+
+    def __init__(self, model: nn.Module, embedder: nn.Module, logo: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.embedder = embedder
+        self.register_buffer("logo", logo.detach().clone().float())
+
+    def embed(self, b: Tensor) -> Tensor:
+        """Hide the logo in images ``b`` [N, C, H, W] in [0, 1] (H alone, no M)."""
+        logo = self.logo
+        if logo.shape[-2:] != b.shape[-2:]:
+            logo = F.interpolate(logo, size=b.shape[-2:], mode="bilinear", align_corners=False)
+        logo = logo.expand(b.shape[0], -1, -1, -1)
+        return self.embedder(torch.cat([b, logo], dim=1)).clamp(0.0, 1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.embed(self.model(x).clamp(0.0, 1.0))
+
+
+def load_extractor(key: Key) -> Extractor:
+    """Rebuild the trained extractor R stored in ``key``."""
+    cfg = key.params.get("extractor")
+    if cfg is None:
+        raise PixmarkError(
+            f"the output key of {key.owner!r} has no extractor; protect a model with it first"
+        )
+    r = Extractor(**cfg)
+    prefix = "extractor."
+    state = {k.removeprefix(prefix): v for k, v in key.tensors.items() if k.startswith(prefix)}
+    try:
+        r.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise PixmarkError(f"the key's extractor weights do not fit its config ({exc})") from None
+    return r.eval()
+
+
+@torch.no_grad()
+def extract(key: Key, images: Tensor, batch_size: int = 16) -> Tensor:
+    """Recover the watermark from ``images`` [N, C, H, W] in [0, 1] with the key's R."""
+    r = load_extractor(key)
+    channels = key.params["channels"]
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise PixmarkError(
+            f"the key expects {channels}-channel images [N, {channels}, H, W], got "
+            f"{tuple(images.shape)}"
+        )
+    outs = [r(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)]
+    return torch.cat(outs).clamp(0.0, 1.0)
+
+
+def query_scores(query: Query, key: Key, queries: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Send the query images to a suspect; return (its outputs, per-query ``logo_nc``)."""
+    q = key.tensor("queries") if queries is None else queries
+    out = query(q.float())
+    if not isinstance(out, Tensor) or out.shape != q.shape:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise PixmarkError(
+            f"the suspect returned {shape} for {tuple(q.shape)} queries; it must return "
+            "images of the input's shape"
+        )
+    out = out.float().clamp(0, 1)
+    return out, logo_nc(extract(key, out), key.tensor("logo"))
+
+
+# --------------------------------------------------------------------------- keygen
+
+
+def keygen(
+    owner: str,
+    *,
+    logo: str | os.PathLike[str] | None = None,
+    channels: int = 3,
+    size: int = 64,
+    secret: str | None = None,
+) -> Key:
+    """A new ``output`` key: the logo δ and the blank δ0 (white), both [1, C, size, size].
+
+    δ is stored as a two-level image (each channel thresholded at 0.5: 0 = ink, 1 =
+    paper), so colours of a user's logo are reduced to dark/light.
+
+    ``logo``: an image file (resized to ``size`` × ``size``, converted to ``channels``);
+    by default a logo is rendered from the owner's name (initials, frame and a bar
+    placed from the key's secret). Dark parts (< 0.5) are the logo's ink: a logo without
+    ink, or all ink, cannot be recognised and is refused.
+    """
+    if channels not in (1, 3):
+        raise PixmarkError(f"channels must be 1 or 3, got {channels!r}")
+    key = new_key(SCHEME, owner, secret=secret)
+    if logo is None:
+        delta = render_logo(key.owner, size, channels, key.generator("logo"))
+        source = "rendered from the owner's name"
+    else:
+        from pixmark.data import load_image
+
+        img = load_image(logo, channels=channels)
+        delta = F.interpolate(img, size=(size, size), mode="area").clamp(0, 1)
+        source = Path(logo).name
+    # Stored as a two-level ink mask (0 = ink, 1 = paper): R is trained on crisp targets
+    # and ``logo_nc(logo, logo)`` is exactly 1 (grey anti-aliasing would cap it lower).
+    delta = (delta >= 0.5).float()
+    ink = float((delta < 0.5).float().mean())
+    if not 0.02 <= ink <= 0.9:
+        raise PixmarkError(
+            f"logo {source} has {ink:.0%} dark pixels (< 0.5); use a logo with dark marks "
+            "on a light background (between 2 % and 90 % dark)"
+        )
+    params = {"channels": channels, "size": size, "logo_source": source, "blank": "white"}
+    tensors = {"logo": delta.float(), "blank": torch.ones_like(delta, dtype=torch.float32)}
+    return key.with_updates(params=params, tensors=tensors)
+
+
+# --------------------------------------------------------------------------- training
+
+
+class _Scalar:
+    """A float that checkpoints with the training state (the fidelity weight)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+def _roll(x: Tensor, g: torch.Generator) -> Tensor:
+    """Circularly shift each image by its own random even offset.
+
+    This destroys absolute position (a logo painted at fixed pixels lands elsewhere)
+    but keeps the 2 × 2 phase, which stride-2 surrogates reproduce.
+    """
+    h, w = x.shape[-2:]
+    shifts = (2 * torch.randint(0, max(h, w) // 2, (len(x), 2), generator=g)).tolist()
+    rolled = [
+        torch.roll(img, (dy % h, dx % w), dims=(1, 2))
+        for img, (dy, dx) in zip(x, shifts, strict=True)
+    ]
+    return torch.stack(rolled)
+
+
+def carrier(key: Key, channels: int, size: int) -> Tensor:
+    """The keyed carrier H starts from: a 2 × 2 tile of ±1 per channel (two of each sign,
+    in an order drawn from the key), repeated over ``size`` × ``size``. [1, C, size, size].
+
+    A pattern with period 2 is invisible at small amplitude, stationary, and is exactly
+    what the stride-2 layers of UNet / ResNet / CEILNet surrogates can reproduce.
+    """
+    g = key.generator("carrier")
+    tiles = [torch.tensor([1.0, 1.0, -1.0, -1.0])[torch.randperm(4, generator=g)] for _ in
+             range(channels)]  # fmt: skip
+    tile = torch.stack(tiles).view(channels, 2, 2)
+    reps = (size + 1) // 2
+    return tile.repeat(1, reps, reps)[None, :, :size, :size].contiguous()
+
+
+def _dihedral(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The same random rotation by k·90° and flip for both batches."""
+    turns = int(torch.randint(4, (1,), generator=g))
+    x, y = torch.rot90(x, turns, dims=(2, 3)), torch.rot90(y, turns, dims=(2, 3))
+    if bool(torch.randint(2, (1,), generator=g)):
+        x, y = x.flip(3), y.flip(3)
+    return x, y
+
+
+class _Pool:
+    """A fixed pool of (A, B) crops; ``batch`` draws random pairs with a dihedral flip."""
+
+    def __init__(self, a: Tensor, b: Tensor, seed: int) -> None:
+        self.a, self.b = a, b
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def batch(self, n: int) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(len(self.a), (n,), generator=self.generator)
+        return _dihedral(self.a[idx], self.b[idx], self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def _extract_loss(
+    r: nn.Module,
+    positives: Tensor,
+    negatives: Tensor,
+    logo: Tensor,
+    blank: Tensor,
+    g: torch.Generator,
+) -> tuple[Tensor, dict[str, float]]:
+    """L_ext = ℓ_wm + ℓ_clean + ℓ_cst with randomly shifted inputs (one R pass)."""
+    n_pos = len(positives)
+    out = r(_roll(torch.cat([positives, negatives]), g))
+    pos, neg = out[:n_pos], out[n_pos:]
+    wm = F.mse_loss(pos, logo.expand_as(pos))
+    clean = F.mse_loss(neg, blank.expand_as(neg))
+    cst = F.mse_loss(pos, pos.mean(dim=0, keepdim=True).expand_as(pos))
+    parts = {"wm": float(wm.detach()), "clean": float(clean.detach()), "cst": float(cst.detach())}
+    return wm + clean + cst, parts
+
+
+def _prior_weight(step: int, warmup: int) -> float:
+    """Weight of the carrier prior: 1000 during warm-up, then linearly down to 0."""
+    if step < warmup:
+        return 1000.0
+    return max(0.0, 1000.0 * (1 - (step - warmup) / max(1, warmup)))
+
+
+def _ckpt(checkpoint: str | os.PathLike[str] | None, stage: str) -> Path | None:
+    return None if checkpoint is None else Path(f"{checkpoint}.{stage}.pt")
+
+
+@torch.no_grad()
+def _apply(model: nn.Module, x: Tensor, dev: torch.device, batch: int = 16) -> Tensor:
+    outs = [model(x[i : i + batch].to(dev)).float().clamp(0, 1).cpu() for i in
+            range(0, len(x), batch)]  # fmt: skip
+    return torch.cat(outs)
+
+
+def protect(
+    model: nn.Module,
+    key: Key,
+    *,
+    task: str = "derain",
+    data: str | None = None,
+    profile: str | Profile = "quick",
+    device: str = "auto",
+    progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    vgg16_weights: str | os.PathLike[str] | None = None,
+) -> Protected:
+    """Protect ``model`` (M, left untouched) by hiding the key's logo in all its outputs.
+
+    Stage 1 trains H, R, D on (A, B = M(A)) crops of the task's real training images;
+    stage 2 trains a UNet L2 surrogate on (A, H(B)) and one on (A, B), then fine-tunes R
+    to find the logo in the first one's outputs and a blank in the second one's.
+
+    Args:
+        model: the image-to-image model to protect ([N, C, H, W] in [0, 1] -> same).
+        key: an ``output`` key from :func:`keygen` (its channels must match the model's).
+        task: the task M solves (``pixmark.data.TASKS``): how inputs A are made.
+        data: image source for A ("builtin", "builtin:xray" or a folder; default the
+            task's own).
+        profile: "quick" (≈ 3 min on 2 CPU cores), "cpu" or "paper" (see ``PROFILES``).
+        device: "auto", "cpu" or "cuda".
+        checkpoint: training-state path prefix (``<checkpoint>.<stage>.pt``); with
+            ``resume`` an interrupted run continues where it stopped.
+        vgg16_weights: a torchvision VGG-16 state dict for the perceptual loss; default
+            features of the pretrained FFDNet (see :mod:`pixmark.losses`).
+
+    Returns:
+        ``Protected(model=Watermarked(M, H, δ), key=<key with R, queries and null
+        statistics>, report={...})``.
+    """
+    from pixmark.api import task_splits
+    from pixmark.attacks.surrogate import train_surrogate
+    from pixmark.data import PairSampler, fixed_pairs
+    from pixmark.losses import lsgan_d_loss, lsgan_g_loss, perceptual_loss, perceptual_name
+
+    if key.scheme != SCHEME:
+        raise PixmarkError(f"this is a {key.scheme!r} key; the output scheme needs an output key")
+    prof = profile if isinstance(profile, Profile) else PROFILES[check_profile(profile)]
+    channels = int(key.params["channels"])
+    dev_spec = Device(device)
+    dev = dev_spec.torch
+    spec, channels, splits = task_splits(task, channels, data)
+    train_imgs = [img for _, img in splits["train"]]
+    val_imgs = [img for _, img in splits["val"]]
+    logo = key.tensor("logo").float()
+    if logo.shape[-1] != prof.size:
+        logo = F.interpolate(
+            logo, size=(prof.size, prof.size), mode="bilinear", align_corners=False
+        )
+    blank = torch.ones_like(logo)
+    logo_d, blank_d = logo.to(dev), blank.to(dev)
+    t_start = time.perf_counter()
+
+    model = model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    # ---- data: a pool of (A, B) crops, and held-out queries for verification
+    sampler = PairSampler(train_imgs, spec, prof.size, channels, seed=key.seed("pool") % 2**31)
+    a_pool = torch.cat([sampler.batch(64)[0] for _ in range(math.ceil(prof.pool / 64))])
+    a_pool = a_pool[: prof.pool]
+    try:
+        b_pool = _apply(model, a_pool, dev)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PixmarkError(
+            f"the model failed on {channels}-channel {prof.size} px inputs ({first}); does the "
+            "key's channel count match the model?"
+        ) from None
+    if b_pool.shape != a_pool.shape:
+        raise PixmarkError(
+            f"the model returned {tuple(b_pool.shape[1:])} for {tuple(a_pool.shape[1:])} "
+            "inputs; the output scheme protects image-to-image models"
+        )
+    queries = fixed_pairs(val_imgs, spec, prof.size, prof.n_queries,
+                          seed=key.seed("queries") % 2**31, channels=channels)[0]  # fmt: skip
+
+    # ---- stage 1: H, R, D
+    seed_everything(key.seed("init") % 2**31)
+    h = nets.create("unet", channels=channels, width=prof.h_width, depth=prof.h_depth,
+                    in_channels=2 * channels, out="residual")  # fmt: skip
+    r = Extractor(channels, channels, prof.r_width, prof.r_blocks)
+    d = nets.create("patchgan", channels=channels, width=prof.d_width, n_layers=prof.d_layers)
+    h, r, d = h.to(dev), r.to(dev), d.to(dev)
+    perc = perceptual_loss(channels, vgg16_weights, prof.perceptual_layers).to(dev)
+    betas = (prof.beta1, 0.999)
+    opt = torch.optim.Adam(list(h.parameters()) + list(r.parameters()), lr=prof.lr, betas=betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=prof.lr, betas=betas)
+    pool = _Pool(a_pool, b_pool, key.seed("stage1") % 2**31)
+    weight = _Scalar(1.0)
+    carrier_d = carrier(key, channels, prof.size).to(dev)
+    g_aug = torch.Generator().manual_seed(key.seed("augment") % 2**31)
+    warmup = int(prof.warmup * prof.steps)
+    half = max(1, prof.batch // 2)
+
+    def stage1(step: int) -> dict[str, float]:
+        a, b = (t.to(dev) for t in pool.batch(prof.batch))
+        logo_in = logo_d.expand(len(b), -1, -1, -1)
+        b_wm = h(torch.cat([b, logo_in], dim=1)).clamp(0, 1)
+        fid = F.mse_loss(b_wm, b)
+        emd = weight.value * fid
+        prior = _prior_weight(step, warmup)
+        if prior > 0:  # start H on the keyed carrier, then let it learn freely
+            emd = emd + prior * F.mse_loss(b_wm - b, (prof.carrier * carrier_d).expand_as(b))
+        if prof.perceptual:
+            emd = emd + prof.perceptual * perc(b_wm, b)
+        if prof.adversarial:
+            emd = emd + prof.adversarial * lsgan_g_loss(d(b_wm))
+        ext, parts = _extract_loss(r, b_wm, torch.cat([a[:half], b[half:]]), logo_d, blank_d, g_aug)
+        loss = emd + prof.extract * ext
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if prof.adversarial:
+            d_loss = lsgan_d_loss(d(b), d(b_wm.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        fid_db = -10 * math.log10(max(float(fid.detach()), 1e-10))
+        if step >= warmup:  # the fidelity controller (a Lagrange-multiplier-like weight)
+            weight.value *= 1.03 if fid_db < prof.target_psnr else 1 / 1.03
+            weight.value = min(max(weight.value, 1.0), 1e6)
+        return {"psnr": fid_db, "w": weight.value, **parts}
+
+    state1 = {"h": h, "r": r, "d": d, "opt": opt, "opt_d": opt_d, "pool": pool,
+              "weight": weight}  # fmt: skip
+    hist1 = run(stage1, state1, prof.steps, checkpoint=_ckpt(checkpoint, "stage1"),
+                resume=resume, description="protect: stage 1 (H, R, D)",
+                progress=progress)  # fmt: skip
+    h.eval()
+    for p in h.parameters():
+        p.requires_grad_(False)
+    wm = Watermarked(model, h, logo).to(dev).eval()
+
+    # ---- stage 2: surrogates of the watermarked and of the clean teacher
+    snap_inputs = a_pool[: min(len(a_pool), 128)]
+    snaps: dict[str, list[Tensor]] = {"wm": [], "clean": []}
+    marks = {prof.surrogate_steps // 2 - 1, (3 * prof.surrogate_steps) // 4 - 1}
+
+    def snapshot(kind: str):  # noqa: ANN202
+        def hook(step: int, sm: nn.Module) -> None:
+            if step in marks:
+                was = sm.training
+                sm.eval()
+                snaps[kind].append(_apply(sm, snap_inputs, dev))
+                sm.train(was)
+
+        return hook
+
+    surrogates: dict[str, nn.Module] = {}
+    for kind, teacher in (("wm", wm), ("clean", model)):
+        sm_sampler = PairSampler(train_imgs, spec, prof.size, channels,
+                                 seed=key.seed(f"surrogate-{kind}") % 2**31)  # fmt: skip
+        surrogates[kind] = train_surrogate(
+            as_query(teacher), sm_sampler, arch="unet", loss="l2", steps=prof.surrogate_steps,
+            size=prof.size, width=prof.surrogate_width, batch_size=prof.batch, lr=prof.lr,
+            channels=channels, seed=key.seed("surrogate") % 2**31, device=dev_spec,
+            progress=progress, checkpoint=_ckpt(checkpoint, f"surrogate-{kind}"),
+            resume=resume, on_step=snapshot(kind),
+        )  # fmt: skip
+        snaps[kind].append(_apply(surrogates[kind], snap_inputs, dev))
+    pos_pool = torch.cat(snaps["wm"])
+    neg_pool = torch.cat(snaps["clean"])
+    bwm_pool = _embed_all(wm, b_pool, dev)
+
+    # ---- stage 2: fine-tune R
+    r.train()
+    opt_r = torch.optim.Adam(r.parameters(), lr=prof.lr, betas=betas)
+    g2 = torch.Generator().manual_seed(key.seed("stage2") % 2**31)
+
+    def pick(x: Tensor, n: int) -> Tensor:
+        return x[torch.randint(len(x), (n,), generator=g2)].to(dev)
+
+    def stage2(step: int) -> dict[str, float]:
+        q = max(1, prof.batch // 4)
+        positives = torch.cat([pick(pos_pool, 2 * q), pick(bwm_pool, q)])
+        negatives = torch.cat([pick(neg_pool, 2 * q), pick(a_pool, q), pick(b_pool, q)])
+        loss, parts = _extract_loss(r, positives, negatives, logo_d, blank_d, g_aug)
+        opt_r.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_r.step()
+        return parts
+
+    hist2 = run(stage2, {"r": r, "opt": opt_r}, prof.finetune_steps,
+                checkpoint=_ckpt(checkpoint, "stage2"), resume=resume,
+                description="protect: stage 2 (R on surrogates)", progress=progress)  # fmt: skip
+    r = r.cpu().eval()
+    wm = wm.cpu().eval()
+    model.cpu()
+
+    # ---- key: R, queries, null statistics measured on held-out queries
+    key = key.with_updates(
+        params={"extractor": r.config, "task": task,
+                "profile": profile if isinstance(profile, str) else "custom",
+                "success_nc": SUCCESS_NC},
+        tensors={"queries": queries.contiguous(),
+                 **{f"extractor.{k}": v.detach().clone() for k, v in r.state_dict().items()}},
+    )  # fmt: skip
+    populations = {
+        "protected": as_query(wm),
+        "unprotected": as_query(model),
+        "identity": lambda x: x.clamp(0, 1),
+        "surrogate_of_protected": as_query(surrogates["wm"]),
+        "surrogate_of_unprotected": as_query(surrogates["clean"]),
+    }
+    scores = {name: query_scores(q, key)[1] for name, q in populations.items()}
+    null_names = ("unprotected", "identity", "surrogate_of_unprotected")
+    null_scores = torch.cat([scores[n] for n in null_names])
+    null_rate = float((null_scores > SUCCESS_NC).float().mean())
+    key = key.with_updates(
+        params={"null_rate": null_rate, "n_null_queries": len(null_scores),
+                "null_models": list(null_names)}
+    )  # fmt: skip
+    b_q = _apply(model, queries, torch.device("cpu"))
+    bwm_q = _apply(wm, queries, torch.device("cpu"))
+    report = {
+        "profile": asdict(prof),
+        "perceptual": perceptual_name(vgg16_weights),
+        "psnr_protected_vs_unprotected": float(psnr(bwm_q, b_q)),
+        "stage1": hist1.to_dict(),
+        "stage2": hist2.to_dict(),
+        "logo_nc": {n: _summary(s) for n, s in scores.items()},
+        "null_rate": null_rate,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    return Protected(model=wm, key=key, report=report)
+
+
+@torch.no_grad()
+def _embed_all(wm: Watermarked, b: Tensor, dev: torch.device, batch: int = 32) -> Tensor:
+    return torch.cat([wm.embed(b[i : i + batch].to(dev)).cpu() for i in range(0, len(b), batch)])
+
+
+def _summary(scores: Tensor) -> dict[str, float]:
+    s = scores.float()
+    return {
+        "mean": round(float(s.mean()), 4),
+        "min": round(float(s.min()), 4),
+        "median": round(float(s.median()), 4),
+        "max": round(float(s.max()), 4),
+        "success_rate": round(float((s > SUCCESS_NC).float().mean()), 4),
+    }
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(
+    query: Query,
+    key: Key,
+    *,
+    queries: Tensor | None = None,
+    nulls: list[Query] | None = None,
+    evidence_dir: str | os.PathLike[str] | None = None,
+    alpha: float = ALPHA,
+) -> Verdict:
+    """Is the suspect behind ``query`` derived from the model protected with ``key``?
+
+    The suspect answers the key's held-out query images (or ``queries``); R extracts a
+    watermark from each answer, and each scores ``logo_nc`` against the logo. A query
+    succeeds when its score exceeds ``key.params["success_nc"]`` (0.95). The number of
+    successes is tested against the per-query success rate of null models
+    (``pooled_success_test``): the models in ``nulls`` if given (independent models of
+    the same task), else the rate measured at protect time on the unprotected model, the
+    identity and a surrogate of the unprotected model. Match when p ≤ ``alpha``.
+
+    Evidence (with ``evidence_dir``): ``evidence.png``, a grid of queries, suspect
+    outputs and recovered logos, next to the key's logo.
+    """
+    if key.scheme != SCHEME:
+        raise PixmarkError(f"this is a {key.scheme!r} key; verify it with the {key.scheme} scheme")
+    threshold = float(key.params.get("success_nc", SUCCESS_NC))
+    outputs, scores = query_scores(query, key, queries)
+    n = len(scores)
+    successes = int((scores > threshold).sum())
+    details: dict[str, Any] = {
+        "statistic_name": "mean logo NC (centred, ±1)",
+        "alpha": alpha,
+        "success_threshold": threshold,
+        "successes": successes,
+        "scores": [round(float(s), 4) for s in scores],
+    }
+    if nulls:
+        per_null = [query_scores(q, key, queries)[1] for q in nulls]
+        null_scores = torch.cat(per_null)
+        null_rate = float((null_scores > threshold).float().mean())
+        n_null = len(null_scores)
+        # How many of the null models would this rule itself call a match?
+        matched = sum(
+            decide(pooled_success_test(int((s > threshold).sum()), len(s), null_rate, n_null),
+                   alpha) == "match"
+            for s in per_null
+        )  # fmt: skip
+        details.update({"null_fpr": matched / len(per_null), "n_null_models": len(per_null),
+                        "null_mean": float(null_scores.mean())})  # fmt: skip
+    else:
+        if "null_rate" not in key.params:
+            raise PixmarkError(
+                f"the output key of {key.owner!r} has no null statistics; protect a model "
+                "with it first, or pass null models"
+            )
+        null_rate = float(key.params["null_rate"])
+        n_null = int(key.params["n_null_queries"])
+        details["null_source"] = "measured at protect: " + ", ".join(key.params["null_models"])
+    details["null_rate"] = null_rate
+    p_value = pooled_success_test(successes, n, null_rate, n_null)
+    evidence: dict[str, str] = {}
+    if evidence_dir is not None:
+        evidence["grid"] = str(_evidence(key, queries, outputs, scores, Path(evidence_dir)))
+    return Verdict(
+        scheme=SCHEME,
+        statistic=float(scores.mean()),
+        threshold=threshold,
+        p_value=p_value,
+        decision=decide(p_value, alpha),  # type: ignore[arg-type]
+        n_queries=n,
+        evidence=evidence,
+        details=details,
+    )
+
+
+def _evidence(key: Key, queries: Tensor | None, outputs: Tensor, scores: Tensor,
+              out_dir: Path, count: int = 6) -> Path:  # fmt: skip
+    from pixmark.viz import save_grid
+
+    q = key.tensor("queries") if queries is None else queries
+    order = torch.argsort(scores, descending=True)[:count].tolist()
+    recovered = extract(key, outputs[order])
+    logo = key.tensor("logo")[0]
+    rows = [
+        [q[i] for i in order],
+        [outputs[i] for i in order],
+        [recovered[j] for j in range(len(order))],
+        [logo] + [key.tensor("blank")[0]],
+    ]
+    labels = ["queries", "suspect outputs", "recovered", "logo, blank"]
+    cols = [f"NC {float(scores[i]):.2f}" for i in order]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_grid(rows, out_dir / "evidence.png", row_labels=labels, col_labels=cols)
+
+
+__all__ = [
+    "PROFILES",
+    "Extractor",
+    "Profile",
+    "Watermarked",
+    "extract",
+    "keygen",
+    "load_extractor",
+    "logo_nc",
+    "protect",
+    "query_scores",
+    "render_logo",
+    "verify",
+]
