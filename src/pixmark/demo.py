@@ -53,8 +53,8 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
                             force=True, task=TASK, profile="quick", device=device)
 
     surrogate = api.attack("surrogate", protected.model, task=TASK, arch="unet", loss="l2",
-                           seed=seed + 1, device=device, out=folder / "surrogate.safetensors",
-                           force=True)
+                           steps=300, seed=seed + 1, device=device,
+                           out=folder / "surrogate.safetensors", force=True)
     independent = api.train_model(TASK, "unet", steps=400, size=64, width=16, seed=seed + 2,
                                   data_seed=seed + 2, device=device,
                                   out=folder / "independent.safetensors", force=True)
