@@ -42,8 +42,15 @@ def owner(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     api.keygen("trigger", "ACME Imaging", out=key)
     protected = folder / "protected.safetensors"
     # A tiny, briefly trained host: embed with a larger step and weight than the quick profile.
-    api.protect(_dncnn(0), key, out=protected, profile="quick", device="cpu", progress=False,
-                overrides={"lr": 1e-3, "lam": 0.1})
+    api.protect(
+        _dncnn(0),
+        key,
+        out=protected,
+        profile="quick",
+        device="cpu",
+        progress=False,
+        overrides={"lr": 1e-3, "lam": 0.1},
+    )
     clean = save_model(_dncnn(1), folder / "clean.safetensors", task="denoise")
     return {"key": key, "protected": protected, "clean": clean, "folder": folder}
 
@@ -106,7 +113,9 @@ def test_steal_through_the_api_with_a_bounded_budget(owner: dict[str, Path]) -> 
 def test_exported_protected_model_still_verifies(owner: dict[str, Path], suffix: str) -> None:
     """The watermark survives export: ONNX (onnxruntime) and TorchScript copies match."""
     out = owner["folder"] / f"exported{suffix}"
-    assert _cli(["export", str(owner["protected"]), "--out", str(out), "--channels", "1",
-                 "--force"]) == 0
+    assert (
+        _cli(["export", str(owner["protected"]), "--out", str(out), "--channels", "1", "--force"])
+        == 0
+    )
     verdict = api.verify(out, owner["key"])
     assert verdict.decision == "match", verdict.summary()

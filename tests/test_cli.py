@@ -43,9 +43,28 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.safetensors"
-    code, _, err = run_cli(["train", "--task", "denoise", "--arch", "dncnn", "--width", "8",
-                            "--channels", "1", "--size", "32", "--steps", "30",
-                            "--device", "cpu", "--out", str(out)], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--task",
+            "denoise",
+            "--arch",
+            "dncnn",
+            "--width",
+            "8",
+            "--channels",
+            "1",
+            "--size",
+            "32",
+            "--steps",
+            "30",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "test PSNR" in err
     code, stdout, _ = run_cli(["info", str(out), "--json"], capsys)
@@ -54,8 +73,9 @@ def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert info["parameters"] > 0 and "psnr" in info["metrics"]
     # The output exists now: refuse without --force, and leave it untouched.
     before = out.read_bytes()
-    code, _, err = run_cli(["train", "--task", "denoise", "--arch", "dncnn", "--steps", "1",
-                            "--out", str(out)], capsys)
+    code, _, err = run_cli(
+        ["train", "--task", "denoise", "--arch", "dncnn", "--steps", "1", "--out", str(out)], capsys
+    )
     assert_one_line_error(code, err, "already exists", "--force")
     assert out.read_bytes() == before
 
@@ -63,29 +83,90 @@ def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["train", "--task", "painting", "--arch", "dncnn", "--out", "x.safetensors"],
-         ["unknown task 'painting'", "denoise", "derain"]),
-        (["train", "--task", "denoise", "--arch", "vgg", "--out", "x.safetensors"],
-         ["unknown architecture 'vgg'", "unet", "dncnn"]),
-        (["train", "--task", "denoise", "--arch", "dncnn", "--channels", "2",
-          "--out", "x.safetensors"], ["channels"]),
-        (["train", "--task", "denoise", "--arch", "dncnn", "--size", "5000",
-          "--out", "x.safetensors"], ["5000"]),
-        (["train", "--task", "denoise", "--arch", "dncnn", "--data", "/no/such/folder",
-          "--out", "x.safetensors"], ["/no/such/folder"]),
-        (["train", "--task", "denoise", "--arch", "dncnn", "--device", "tpu",
-          "--out", "x.safetensors"], ["unknown device 'tpu'"]),
+        (
+            ["train", "--task", "painting", "--arch", "dncnn", "--out", "x.safetensors"],
+            ["unknown task 'painting'", "denoise", "derain"],
+        ),
+        (
+            ["train", "--task", "denoise", "--arch", "vgg", "--out", "x.safetensors"],
+            ["unknown architecture 'vgg'", "unet", "dncnn"],
+        ),
+        (
+            [
+                "train",
+                "--task",
+                "denoise",
+                "--arch",
+                "dncnn",
+                "--channels",
+                "2",
+                "--out",
+                "x.safetensors",
+            ],
+            ["channels"],
+        ),
+        (
+            [
+                "train",
+                "--task",
+                "denoise",
+                "--arch",
+                "dncnn",
+                "--size",
+                "5000",
+                "--out",
+                "x.safetensors",
+            ],
+            ["5000"],
+        ),
+        (
+            [
+                "train",
+                "--task",
+                "denoise",
+                "--arch",
+                "dncnn",
+                "--data",
+                "/no/such/folder",
+                "--out",
+                "x.safetensors",
+            ],
+            ["/no/such/folder"],
+        ),
+        (
+            [
+                "train",
+                "--task",
+                "denoise",
+                "--arch",
+                "dncnn",
+                "--device",
+                "tpu",
+                "--out",
+                "x.safetensors",
+            ],
+            ["unknown device 'tpu'"],
+        ),
         (["info", "/no/such/model.safetensors"], ["does not exist"]),
-        (["keygen", "--scheme", "magic", "--owner", "A", "--out", "k.key"],
-         ["unknown scheme 'magic'", "output", "trigger"]),
-        (["verify", "--key", "/no/such.key", "--suspect", "m.safetensors"],
-         ["key file /no/such.key does not exist"]),
-        (["attack", "melt", "--model", "m.safetensors", "--out", "a.safetensors"],
-         ["does not exist"]),
+        (
+            ["keygen", "--scheme", "magic", "--owner", "A", "--out", "k.key"],
+            ["unknown scheme 'magic'", "output", "trigger"],
+        ),
+        (
+            ["verify", "--key", "/no/such.key", "--suspect", "m.safetensors"],
+            ["key file /no/such.key does not exist"],
+        ),
+        (
+            ["attack", "melt", "--model", "m.safetensors", "--out", "a.safetensors"],
+            ["does not exist"],
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(
-    args: list[str], needles: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    needles: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -113,13 +194,29 @@ def test_attack_prune_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     from pixmark.attacks import sparsity
     from pixmark.checkpoint import load_model, save_model
 
-    model_path = save_model(nets.create("dncnn", channels=1, depth=4, width=8),
-                            tmp_path / "m.safetensors", task="denoise")
+    model_path = save_model(
+        nets.create("dncnn", channels=1, depth=4, width=8),
+        tmp_path / "m.safetensors",
+        task="denoise",
+    )
     out = tmp_path / "pruned.safetensors"
-    code, _, err = run_cli(["attack", "prune", "--model", str(model_path), "--strength", "0.5",
-                            "--out", str(out)], capsys)
+    code, _, err = run_cli(
+        ["attack", "prune", "--model", str(model_path), "--strength", "0.5", "--out", str(out)],
+        capsys,
+    )
     assert code == 0, err
     assert sparsity(load_model(out)) == pytest.approx(0.5, abs=0.01)
-    code, _, err = run_cli(["attack", "prune", "--model", str(model_path), "--strength", "1.5",
-                            "--out", str(tmp_path / "p2.safetensors")], capsys)
+    code, _, err = run_cli(
+        [
+            "attack",
+            "prune",
+            "--model",
+            str(model_path),
+            "--strength",
+            "1.5",
+            "--out",
+            str(tmp_path / "p2.safetensors"),
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "amount")

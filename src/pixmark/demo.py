@@ -45,19 +45,53 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
     t0 = time.perf_counter()
     torch.manual_seed(seed)
 
-    target = api.train_model(TASK, "unet", steps=400, size=64, width=16, seed=seed,
-                             device=device, out=folder / "target.safetensors", force=True)
+    target = api.train_model(
+        TASK,
+        "unet",
+        steps=400,
+        size=64,
+        width=16,
+        seed=seed,
+        device=device,
+        out=folder / "target.safetensors",
+        force=True,
+    )
     key_path = folder / "acme.key"
     api.keygen("output", OWNER, out=key_path, force=True, channels=3)
-    protected = api.protect(target.model, key_path, out=folder / "protected.safetensors",
-                            force=True, task=TASK, profile="quick", device=device)
+    protected = api.protect(
+        target.model,
+        key_path,
+        out=folder / "protected.safetensors",
+        force=True,
+        task=TASK,
+        profile="quick",
+        device=device,
+    )
 
-    surrogate = api.attack("surrogate", protected.model, task=TASK, arch="unet", loss="l2",
-                           steps=300, seed=seed + 1, device=device,
-                           out=folder / "surrogate.safetensors", force=True)
-    independent = api.train_model(TASK, "unet", steps=400, size=64, width=16, seed=seed + 2,
-                                  data_seed=seed + 2, device=device,
-                                  out=folder / "independent.safetensors", force=True)
+    surrogate = api.attack(
+        "surrogate",
+        protected.model,
+        task=TASK,
+        arch="unet",
+        loss="l2",
+        steps=300,
+        seed=seed + 1,
+        device=device,
+        out=folder / "surrogate.safetensors",
+        force=True,
+    )
+    independent = api.train_model(
+        TASK,
+        "unet",
+        steps=400,
+        size=64,
+        width=16,
+        seed=seed + 2,
+        data_seed=seed + 2,
+        device=device,
+        out=folder / "independent.safetensors",
+        force=True,
+    )
     suspects = {
         "surrogate of the protected model": surrogate,
         "unprotected model M": target.model,
@@ -74,15 +108,19 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
         clean = target.model.cpu()(x).clamp(0, 1)
         marked = protected.model.cpu()(x).clamp(0, 1)
     rows = [[x[i], clean[i], marked[i], amplify(marked[i] - clean[i])] for i in range(len(x))]
-    grid = save_grid(rows, folder / "protected_outputs.png",
-                     col_labels=["rainy input", "M(input)", "protected", "10x difference"])
+    grid = save_grid(
+        rows,
+        folder / "protected_outputs.png",
+        col_labels=["rainy input", "M(input)", "protected", "10x difference"],
+    )
 
     results = {
         "task": TASK,
         "owner": OWNER,
         "target_metrics": target.metrics,
-        "protect_report": {k: v for k, v in protected.report.items()
-                           if isinstance(v, int | float | str)},
+        "protect_report": {
+            k: v for k, v in protected.report.items() if isinstance(v, int | float | str)
+        },
         "verdicts": {name: v.to_dict() for name, v in verdicts.items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -95,8 +133,9 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
         if grid_path:
             sections.append((f"Evidence: {name}", image_tag(grid_path, name)))
     sections.append(("Numbers", "<pre>" + str(results["protect_report"]) + "</pre>"))
-    report, _ = write_report(folder, "pixmark demo: output watermark on deraining", sections,
-                             results)
+    report, _ = write_report(
+        folder, "pixmark demo: output watermark on deraining", sections, results
+    )
     for name, verdict in verdicts.items():
         print(f"{name:>34}: {verdict.summary()}")
     return report
