@@ -48,7 +48,7 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
     target = api.train_model(
         TASK,
         "unet",
-        steps=400,
+        steps=300,
         size=64,
         width=16,
         seed=seed,
@@ -83,7 +83,7 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
     independent = api.train_model(
         TASK,
         "unet",
-        steps=400,
+        steps=200,
         size=64,
         width=16,
         seed=seed + 2,
