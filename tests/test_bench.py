@@ -42,7 +42,14 @@ TINY = {
     "schemes": {
         "trigger": {
             "keygen": {"size": 40},
-            "profile_overrides": {"vis_steps": 60, "eval_size": 32, "eval_count": 4},
+            "profile_overrides": {
+                "vis_steps": 60,
+                "eval_size": 32,
+                "eval_count": 4,
+                # a tiny, briefly trained host needs a larger step and weight to embed
+                "lr": 1e-3,
+                "lam": 0.1,
+            },
         }
     },
     "nulls": {"count": 2, "archs": ["dncnn", "unet"], "steps": 30, "size": 32, "width": 8},
