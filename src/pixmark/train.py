@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from rich.progress import (
@@ -239,20 +239,17 @@ def pixel_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     raise PixmarkError(f"unknown loss {name!r}; choose from l1, l2, ssim")
 
 
-class BatchSource:
+class BatchSource(Protocol):
     """Anything that yields (input, target) batches and can save its position.
 
     ``pixmark.data.PairSampler`` is one; surrogate attacks wrap a teacher model in one.
     """
 
-    def batch(self, n: int) -> tuple[Tensor, Tensor]:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def batch(self, n: int) -> tuple[Tensor, Tensor]: ...
 
-    def state_dict(self) -> dict[str, Any]:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @torch.no_grad()
