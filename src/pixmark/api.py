@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pixmark import data, nets
-from pixmark.checkpoint import load_model, save_model
+from pixmark.checkpoint import load_model, model_channels, save_model
 from pixmark.errors import PixmarkError
 from pixmark.fileio import check_output_path
 from pixmark.keys import Key, load_key, save_key
@@ -481,7 +481,7 @@ def attack(
         else:
             victim = load_model(model) if not isinstance(model, nn.Module) else model
             options.pop("channels", None)
-            teacher, channels = as_query(victim, name="teacher"), _input_channels(victim)
+            teacher, channels = as_query(victim, name="teacher"), model_channels(victim)
         inputs = attacker_inputs(meta_task, channels, data_source)
         result = _call("surrogate", train_surrogate, teacher, inputs, channels=channels, **options)
     elif kind in attacks.MODEL_ATTACKS:
@@ -491,7 +491,7 @@ def attack(
         if kind == "fine_tune":
             if meta_task is None:
                 raise PixmarkError("the fine_tune attack needs --task")
-            options["source"] = attacker_inputs(meta_task, _input_channels(victim), data_source)
+            options["source"] = attacker_inputs(meta_task, model_channels(victim), data_source)
             strength = int(float(strength))
         elif kind != "quantize":
             strength = float(strength)
@@ -522,15 +522,3 @@ def _model_task(model: Any) -> str | None:
 
         return read_config(model).get("task")
     return None
-
-
-def _input_channels(model: nn.Module) -> int:
-    """The channel count a model takes (1 or 3), read from its config or first conv."""
-    for holder in (model, getattr(model, "model", None)):
-        config = getattr(holder, "config", None)
-        if isinstance(config, dict) and config.get("channels") in (1, 3):
-            return int(config["channels"])
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels if module.in_channels in (1, 3) else 3
-    return 3

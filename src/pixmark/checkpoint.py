@@ -279,3 +279,15 @@ def model_info(spec: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         info["arch"] = "torchscript" if isinstance(model, torch.jit.ScriptModule) else "factory"
     return info
+
+
+def model_channels(model: nn.Module) -> int:
+    """The channel count ``model`` takes (1 or 3), from its config or its first conv."""
+    for holder in (model, getattr(model, "model", None)):
+        config = getattr(holder, "config", None)
+        if isinstance(config, dict) and config.get("channels") in (1, 3):
+            return int(config["channels"])
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels if module.in_channels in (1, 3) else 3
+    return 3

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pixmark.checkpoint import model_channels
 from pixmark.errors import PixmarkError
 from pixmark.remote import ImageDecodeError, decode_image, encode_png
 
@@ -92,18 +93,6 @@ class HTTPFailure(Exception):
 
 
 # --------------------------------------------------------------------------- model side
-
-
-def model_channels(model: nn.Module) -> int:
-    """The channel count ``model`` takes (1 or 3), from its config or its first conv."""
-    for holder in (model, getattr(model, "model", None)):
-        config = getattr(holder, "config", None)
-        if isinstance(config, dict) and config.get("channels") in (1, 3):
-            return int(config["channels"])
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels if module.in_channels in (1, 3) else 3
-    return 3
 
 
 def model_architecture(model: nn.Module) -> str:

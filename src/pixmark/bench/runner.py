@@ -605,7 +605,7 @@ def _protect(out_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
     s = spec["settings"]
     scheme, task = s["scheme"], s["task"]
     target = load_model(out_dir / spec["target_dir"] / "model.safetensors")
-    channels = api._input_channels(target)
+    channels = api.model_channels(target)
     module = api.scheme_module(scheme)
     keygen_opts = dict(s["keygen"])
     accepted = inspect.signature(module.keygen).parameters
@@ -760,7 +760,7 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
     verify_seconds = time.perf_counter() - verify_start
 
     # How much the attack cost the suspect: its outputs vs the protected model's.
-    channels = api._input_channels(protected)
+    channels = api.model_channels(protected)
     inputs, targets = _eval_pairs(spec["task"], channels, spec["fidelity"])
     reference = api.apply_model(protected, inputs)
     answers = query(inputs).float().clamp(0, 1)
