@@ -273,19 +273,6 @@ def test_image_attack_input_errors() -> None:
 # ----------------------------------------------------------------------------- models
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run this module's tiny convolutions on one intra-op thread, then restore the setting.
-
-    On two CPU cores shared with other work, a second thread for 32x32 convolutions costs
-    several times more in synchronisation than it saves; results do not depend on it.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def denoising() -> dict:
     """A small real DnCNN trained briefly on real denoising crops, with held-out test pairs."""

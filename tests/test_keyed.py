@@ -29,15 +29,6 @@ SECRET = "6b" * 32
 TASK = "denoise"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores are shared; one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def host():
     """A briefly trained gray U-Net denoiser: the model the owner protects."""

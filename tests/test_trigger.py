@@ -20,15 +20,6 @@ SECRET = "5e" * 32
 TINY_HOST = {"lr": 1e-3, "lam": 0.1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores are shared; one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _dncnn(seed: int):
     return train_model(
         "denoise",
