@@ -429,3 +429,98 @@ def test_model_attack_table() -> None:
     x = _rgb()[:1, :, :64, :64]
     assert _run(pruned, x).shape == x.shape
     assert 0.2 < sparsity(pruned) < 0.3
+
+
+# ----------------------------------------------------------------------------- overwriting
+
+#: A tiny, briefly trained trigger host (as in test_bench): larger step and weight to embed,
+#: a short visualizer and small evaluation sets.
+TINY_TRIGGER = {
+    "lr": 1e-3,
+    "lam": 0.1,
+    "vis_steps": 20,
+    "eval_size": 32,
+    "eval_count": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def trigger_owner() -> dict:
+    """A small real DnCNN denoiser, protected by its owner with the trigger scheme."""
+    from pixmark.api import train_model
+    from pixmark.schemes import trigger
+
+    host = train_model(
+        "denoise", "dncnn", steps=60, size=40, width=16, channels=1, seed=0,
+        arch_kwargs={"depth": 6}, device="cpu", progress=False,
+    ).model  # fmt: skip
+    key = trigger.keygen("ACME Imaging", secret="5e" * 32)
+    protected = trigger.protect(
+        host, key, profile="quick", device="cpu", progress=False, overrides=TINY_TRIGGER
+    )
+    return {"host": host, "model": protected.model, "key": protected.key}
+
+
+def test_overwrite_embeds_the_attackers_trigger(trigger_owner: dict, tmp_path) -> None:
+    import pixmark
+    from pixmark.checkpoint import load_model
+    from pixmark.keys import load_key
+
+    model, owner_key = trigger_owner["model"], trigger_owner["key"]
+    before = _snapshot(model)
+    owner_before = pixmark.verify(model, owner_key)
+    assert owner_before.decision == "match"
+    # Through the API, as `pixmark attack overwrite --scheme trigger ... --key-out` does.
+    out, key_out = tmp_path / "overwritten.safetensors", tmp_path / "thief.key"
+    attacked = pixmark.api.attack(
+        "overwrite", model, "quick", task="denoise", scheme="trigger", seed=1, device="cpu",
+        overrides=TINY_TRIGGER, out=out, key_out=key_out,
+    )  # fmt: skip
+    assert _same(model, before)  # the stolen model is untouched
+    assert type(attacked) is type(model)
+    overwritten, thief_key = load_model(out), load_key(key_out)
+    assert thief_key.owner == "attacker" and thief_key.secret != owner_key.secret
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(overwritten(x), attacked(x))
+    attacker = pixmark.verify(out, key_out)
+    owner_after = pixmark.verify(out, owner_key)
+    clean = pixmark.verify(trigger_owner["host"], owner_key)
+    print(
+        f"overwrite (trigger): attacker {attacker.decision} (d {attacker.statistic:.4g}); owner "
+        f"{owner_before.decision} -> {owner_after.decision} (d {owner_before.statistic:.4g} -> "
+        f"{owner_after.statistic:.4g}, NCC {owner_before.details['ncc']:.3f} -> "
+        f"{owner_after.details['ncc']:.3f}; unmarked host d {clean.statistic:.4g}, NCC "
+        f"{clean.details['ncc']:.3f}), "
+        f"eta {owner_after.threshold:.4g}"
+    )
+    # The attacker's own key now verifies: both parties can show a mark.
+    assert attacker.decision == "match"
+    # The attacker's trigger was not in the model before the overwrite.
+    assert pixmark.verify(model, thief_key).decision == "no match"
+    # Measured: the owner's mark no longer verifies (residual NCC 1.00 -> 0.82-0.88 over
+    # three runs, below the 0.95 required, while d 0.0029-0.0034 stays under eta 0.0061)...
+    assert owner_after.decision == "no match"
+    # ...but it is weakened, not erased: the response is still much closer to the owner's
+    # than an unmarked host's is (d 0.0087-0.0089, NCC 0.32-0.39).
+    assert owner_after.details["ncc"] < owner_before.details["ncc"]
+    assert owner_after.details["ncc"] > clean.details["ncc"] + 0.3
+    assert owner_after.statistic < clean.statistic
+
+
+def test_overwrite_bad_inputs() -> None:
+    from pixmark.attacks import overwrite
+
+    model = nets.create("dncnn", channels=1, depth=3, width=4)
+    with pytest.raises(PixmarkError, match="scheme"):
+        overwrite(model, "keyed", task="denoise")
+    with pytest.raises(PixmarkError, match="scheme"):
+        overwrite(model, "visible", task="denoise")
+    with pytest.raises(PixmarkError, match="profile"):
+        overwrite(model, "trigger", task="denoise", profile="huge")
+    with pytest.raises(PixmarkError, match="seed"):
+        overwrite(model, "trigger", task="denoise", seed="abc")
+    with pytest.raises(PixmarkError, match="model"):
+        overwrite("model.safetensors", "trigger", task="denoise")  # type: ignore[arg-type]
+    with pytest.raises(PixmarkError, match="unknown profile entries"):
+        overwrite(model, "output", task="denoise", overrides={"no_such_field": 1})

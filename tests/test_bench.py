@@ -147,7 +147,7 @@ def test_killed_run_resumes_without_recomputing(bench_dir, tmp_path):
         "import sys, torch; torch.set_num_threads(1); from pixmark.bench import run_bench; "
         "import json; run_bench(json.loads(sys.argv[1]), sys.argv[2], progress=False)"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", script, json.dumps(TINY), str(out)],
         env=env,

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from pixmark import api
-from pixmark.checkpoint import save_model
+from pixmark.checkpoint import load_model, save_model
 from pixmark.cli import main
-from pixmark.remote import http_query
+from pixmark.errors import PixmarkError
+from pixmark.remote import http_query, load_pairs
 from pixmark.serve import running
 
 
@@ -107,6 +108,33 @@ def test_steal_through_the_api_with_a_bounded_budget(owner: dict[str, Path]) -> 
         assert 0 < teacher.requests_made <= 2000
     x = torch.rand(1, 1, 40, 40)
     assert surrogate(x).shape == x.shape
+
+
+def test_steal_offline_from_scraped_pairs_resumes_within_budgets(
+    owner: dict[str, Path], tmp_path: Path
+) -> None:
+    """Collect answers under a per-call budget (resumable), then train on them offline."""
+    pairs = tmp_path / "stolen.safetensors"
+    options = {"task": "denoise", "pairs": pairs, "queries": 48, "collect_size": 48, "size": 32}
+    train = {"arch": "dncnn", "steps": 40, "width": 16, "batch_size": 4, "progress": False}
+    with running(owner["protected"]) as url:
+        service = f"{url}/v1/process"
+        budget = {"http_options": {"max_requests": 30}}
+        with pytest.raises(PixmarkError, match="collected 30 of 48 pairs"):
+            api.attack("surrogate", service, **options, **budget, **train)
+        first = load_pairs(pairs)[1].clone()
+        surrogate = api.attack("surrogate", service, **options, **budget, **train)
+    inputs, answers = load_pairs(pairs)
+    assert len(answers) == 48 and torch.equal(answers[:30], first)
+    # The answers are the served model's own outputs (8-bit PNG), not re-requested ones.
+    local = api.apply_model(load_model(owner["protected"]), inputs[:4])
+    assert float((answers[:4] - local).abs().max()) <= 1 / 255 + 1e-6
+    x = torch.rand(1, 1, 40, 40)
+    assert surrogate(x).shape == x.shape
+    with pytest.raises(PixmarkError, match="URL"):
+        api.attack("surrogate", owner["clean"], task="denoise", pairs=tmp_path / "x.safetensors")
+    cli = ["attack", "surrogate", "--teacher", str(owner["clean"]), "--task", "denoise"]
+    assert _cli([*cli, "--pairs", str(pairs), "--out", str(tmp_path / "s.safetensors")]) == 2
 
 
 @pytest.mark.parametrize("suffix", [".onnx", ".pt"])

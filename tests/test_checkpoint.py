@@ -98,3 +98,48 @@ def test_nan_weights_are_refused(tmp_path: Path) -> None:
     with pytest.raises(PixmarkError, match="NaN or infinite"):
         save_model(model, tmp_path / "inf.safetensors")
     assert not (tmp_path / "inf.safetensors").exists()
+
+
+def test_baseline_marked_model_round_trip(tmp_path: Path) -> None:
+    from pixmark import baselines
+
+    key = baselines.keygen("ACME Imaging", secret="5e" * 32)
+    model = baselines.BaselineMarked(_model().eval(), key, "dct", strength=0.02)
+    path = save_model(model, tmp_path / "marked.safetensors")
+    loaded = load_model(path)
+    assert isinstance(loaded, baselines.BaselineMarked)
+    assert loaded.mark == baselines.mark_of(key, "dct") and loaded.strength == 0.02
+    assert key.secret.encode() not in path.read_bytes()  # only the derived seed is stored
+    x = torch.rand(2, 3, 40, 48)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_chain_and_twice_watermarked_round_trip(tmp_path: Path) -> None:
+    from pixmark.checkpoint import Chain, model_channels
+    from pixmark.schemes.output import Watermarked
+
+    torch.manual_seed(0)
+    purifier = nets.create("unet", channels=3, width=4, depth=2)
+    chain = Chain(_model(), purifier).eval()
+    path = save_model(chain, tmp_path / "chain.safetensors")
+    assert read_config(path)["arch"] == "chain" and read_config(path)["channels"] == 3
+    loaded = load_model(path)
+    assert isinstance(loaded, Chain) and len(loaded) == 2
+    x = torch.rand(2, 3, 24, 20)
+    with torch.no_grad():
+        out = loaded(x)
+        torch.testing.assert_close(out, chain(x))
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+    # An overwritten output-scheme model: H2(H(M(x))), each embedder with its own logo.
+    def embedder() -> torch.nn.Module:
+        return nets.create("unet", channels=3, in_channels=6, width=4, depth=2, out="residual")
+
+    once = Watermarked(_model(), embedder(), torch.rand(1, 3, 16, 16))
+    twice = Watermarked(once, embedder(), torch.rand(1, 3, 16, 16)).eval()
+    path = save_model(twice, tmp_path / "twice.safetensors")
+    assert read_config(path)["channels"] == 3
+    loaded = load_model(path)
+    assert isinstance(loaded.model, Watermarked) and model_channels(loaded) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), twice(x))

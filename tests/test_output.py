@@ -100,6 +100,24 @@ def test_surrogate_of_unprotected_model_does_not_match(protected, target, attack
     assert verdict.decision == "no match", verdict.summary()
 
 
+def test_surrogate_stolen_through_the_server_matches_by_url(protected, target, tmp_path) -> None:
+    """Black-box end to end: serve M', scrape it (8-bit PNGs), train offline, verify by URL."""
+    from pixmark.serve import running
+
+    with running(protected.model) as url:
+        surrogate = api.attack(
+            "surrogate", f"{url}/v1/process", task="derain", pairs=tmp_path / "pairs.safetensors",
+            queries=128, arch="unet", loss="l2", steps=SURROGATE_STEPS, width=16, seed=11,
+            progress=False,
+        )  # fmt: skip
+    with running(surrogate) as url:
+        verdict = api.verify(f"{url}/v1/process", protected.key)
+    assert verdict.decision == "match", verdict.summary()
+    with running(target) as url:  # the clean model, served the same way
+        verdict = api.verify(f"{url}/v1/process", protected.key)
+    assert verdict.decision == "no match", verdict.summary()
+
+
 def test_independent_null_model_does_not_match(protected) -> None:
     null = api.train_model(
         "derain", "dncnn", steps=150, width=16, arch_kwargs={"depth": 6}, seed=3, progress=False

@@ -156,7 +156,9 @@ def test_killed_cli_training_resumes_to_the_full_step_count(tmp_path: Path) -> N
         "--out",
         str(out),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # One torch thread, like the test workers (conftest.py): on 2 busy cores a tiny model
+    # with 2 intra-op threads can run 100x slower than with one.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and proc.poll() is None:

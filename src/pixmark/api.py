@@ -434,16 +434,125 @@ def train_nulls(
 
 
 def attacker_inputs(
-    task: str, channels: int | None = None, source: str | None = None, seed: int = 7
+    task: str,
+    channels: int | None = None,
+    source: str | None = None,
+    seed: int = 7,
+    size: int = 32,
 ) -> data.PairSampler:
     """Real degraded inputs of ``task`` an attacker would own (their targets are unused).
 
-    Crops come from the training split, so they never include the verification queries,
-    which the schemes draw from held-out images.
+    Crops of ``size`` px come from the training split, so they never include the
+    verification queries, which the schemes draw from held-out images.
     """
     spec, channels, splits = task_splits(task, channels, source)
     imgs = [img for _, img in splits["train"]]
-    return data.PairSampler(imgs, spec, size=32, channels=channels, seed=seed)
+    return data.PairSampler(imgs, spec, size=size, channels=channels, seed=seed)
+
+
+#: Attacks that clean a suspect's answers (:mod:`pixmark.attacks.removal`).
+REMOVAL_KINDS = ("estimate_and_subtract", "removal_network")
+
+
+def _removal_attack(
+    kind: str,
+    model: nn.Module | str | os.PathLike[str] | Query,
+    strength: float | str | None,
+    task: str | None,
+    data_source: str | None,
+    options: dict[str, Any],
+) -> nn.Module | Query:
+    """Run a removal attack with ``task``'s real images as the attacker's own images.
+
+    ``estimate_and_subtract`` queries the suspect on ``n_images`` degraded inputs of the
+    task; ``removal_network`` trains its purifier on clean crops of the task's images
+    (and, with ``fidelity``, queries the suspect on their degraded versions). A local
+    model gives ``Chain(model, stage)``; a black box gives the cleaned Query.
+    """
+    from pixmark.attacks import removal
+    from pixmark.checkpoint import Chain
+
+    if task is None:
+        raise PixmarkError(f"the {kind} attack needs --task (what the suspect does)")
+    n_images = int(options.pop("n_images", 64))
+    size = int(options.pop("size", 64))
+    if n_images < 1 or size < 8:
+        raise PixmarkError(f"the {kind} attack needs n_images >= 1 and size >= 8 px")
+    if callable(model) and not isinstance(model, nn.Module):
+        channels = options.pop("channels", None) or getattr(model, "channels", None) or 3
+        victim, query = None, model
+    else:
+        victim = load_model(model) if not isinstance(model, nn.Module) else model
+        options.pop("channels", None)
+        channels = model_channels(victim)
+        query = victim
+    sampler = attacker_inputs(task, channels, data_source, seed=int(options.get("seed", 0)) + 7,
+                              size=size)  # fmt: skip
+    degraded, clean = sampler.batch(n_images)
+    if strength is not None:
+        options["strength"] = float(strength)
+    if kind == "estimate_and_subtract":
+        options.pop("seed", None)
+        attacked = _call(kind, removal.estimate_and_subtract, query, degraded, **options)
+    else:
+        options.setdefault("size", size)
+        attacked = _call(kind, removal.removal_network, query, clean, inputs=degraded, **options)
+    if victim is None:
+        return attacked
+    return Chain(victim, attacked.stage).eval()
+
+
+def steal_pairs(
+    url: str,
+    task: str,
+    pairs: str | os.PathLike[str],
+    *,
+    count: int = 256,
+    size: int = 96,
+    channels: int | None = None,
+    data_source: str | None = None,
+    rate_per_s: float | None = None,
+    max_requests: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    seed: int = 7,
+    **query_options: Any,
+) -> Path:
+    """Scrape ``count`` (input, answer) pairs from the image service at ``url``; resumable.
+
+    The inputs are ``count`` fixed ``size`` x ``size`` crops of ``task``'s real degraded
+    training images (the attacker's own; never the verification queries). Answers are
+    saved to ``pairs`` (``.safetensors``) as they arrive; calling again with the same
+    arguments continues where the last call stopped (a kill, an error, or the request
+    budget ``max_requests`` of one call). Returns ``pairs`` once every answer is in;
+    raises a :class:`PixmarkError` saying how many are in otherwise.
+    """
+    from pixmark.remote import collect_pairs
+
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise PixmarkError(f"count (pairs to collect) must be a positive integer, got {count!r}")
+    spec, channels, splits = task_splits(task, channels, data_source)
+    inputs, _ = data.fixed_pairs(
+        [img for _, img in splits["train"]], spec, size, count, seed=seed, channels=channels
+    )
+    got, _ = collect_pairs(
+        url,
+        inputs,
+        pairs,
+        rate_per_s=rate_per_s if rate_per_s is not None else 50.0,
+        max_requests=max_requests,
+        channels=channels,
+        resume=not force,
+        force=force,
+        progress=progress,
+        **query_options,
+    )
+    if len(got) < count:
+        raise PixmarkError(
+            f"collected {len(got)} of {count} pairs into {pairs} (request budget reached); "
+            "run the same command again to continue"
+        )
+    return Path(pairs)
 
 
 def attack(
@@ -456,7 +565,7 @@ def attack(
     out: str | os.PathLike[str] | None = None,
     force: bool = False,
     **options: Any,
-) -> nn.Module:
+) -> nn.Module | Query:
     """Attack a (stolen) model; return the attacked copy and save it to ``out`` if given.
 
     ``kind`` is a model-level attack of :data:`pixmark.attacks.MODEL_ATTACKS` (``prune``,
@@ -464,6 +573,18 @@ def attack(
     ``surrogate``: train a new model on ``model``'s outputs only (black box; options
     ``arch``, ``loss``, ``adv``, ``augment``, ``steps``, ``size``, ``width``, ``seed``,
     ``device``). ``fine_tune`` and ``surrogate`` draw inputs from ``task``'s real images.
+
+    ``overwrite``: embed the attacker's own watermark of ``scheme=`` (``output`` or
+    ``trigger``) with a fresh key; ``strength`` is the protect profile (default
+    ``quick``); options ``owner``, ``seed``, ``overrides``, ``device`` and ``key_out``
+    (where to save the attacker's key, which verifies the result).
+
+    ``estimate_and_subtract`` (strength in [0, 2]) and ``removal_network`` (strength =
+    noise sigma in (0, 0.2]): clean every answer of ``model``
+    (:mod:`pixmark.attacks.removal`) using ``n_images`` (default 64) crops of ``size``
+    px (default 64) of ``task``'s real images; a local model gives a
+    ``pixmark.checkpoint.Chain`` (saved as one checkpoint), a black box (a Query or URL
+    query) a cleaned Query, which cannot be saved.
     """
     from pixmark import attacks
     from pixmark.attacks.surrogate import train_surrogate
@@ -471,10 +592,71 @@ def attack(
     if out is not None:
         check_output_path(out, force)
     meta_task = task or _model_task(model)
-    if kind == "surrogate":
+    key_out = options.pop("key_out", None)
+    if key_out is not None and kind != "overwrite":
+        raise PixmarkError("--key-out applies to the overwrite attack only")
+    if kind == "overwrite":
+        from pixmark.attacks.model import overwrite_protected
+
+        if meta_task is None:
+            raise PixmarkError("the overwrite attack needs --task (the model's task)")
+        if "scheme" not in options:
+            raise PixmarkError(
+                f"the overwrite attack needs --scheme ({', '.join(SCHEMES)}): the kind of "
+                "watermark the attacker embeds"
+            )
+        if key_out is not None:
+            check_output_path(key_out, force)
+        victim = load_model(model) if not isinstance(model, nn.Module) else model
+        strength = strength if strength is not None else "quick"
+        options.setdefault("progress", False)
+        scheme = options.pop("scheme")
+        protected = _call(
+            "overwrite", overwrite_protected, victim, scheme, task=meta_task, profile=strength,
+            data=data_source, **options,
+        )  # fmt: skip
+        if key_out is not None:
+            save_key(protected.key, key_out, force=force)
+        options["scheme"] = scheme
+        result = protected.model.cpu().eval()
+    elif kind in REMOVAL_KINDS:
+        if out is not None and callable(model) and not isinstance(model, nn.Module):
+            raise PixmarkError(
+                f"the {kind} attack on a black box gives a query, not a model to save; "
+                "attack a local model file to get one"
+            )
+        attacked = _removal_attack(kind, model, strength, meta_task, data_source, options)
+        if not isinstance(attacked, nn.Module):
+            return attacked
+        result = attacked
+    elif kind == "surrogate":
         if meta_task is None:
             raise PixmarkError("the surrogate attack needs --task (the teacher's task)")
-        if callable(model) and not isinstance(model, nn.Module):
+        pairs = options.pop("pairs", None)
+        if pairs is not None:
+            # Steal offline: scrape the service once (resumable), then train on the pairs.
+            from pixmark.remote import PairsSource
+
+            if not (isinstance(model, str) and model.startswith(("http://", "https://"))):
+                raise PixmarkError("pairs= (collect, then train) needs the teacher's URL")
+            http = options.pop("http_options", None) or {}
+            channels = options.pop("channels", None)
+            path = steal_pairs(
+                model,
+                meta_task,
+                pairs,
+                count=options.pop("queries", 256),
+                size=options.pop("collect_size", 96),
+                channels=channels,
+                data_source=data_source,
+                progress=options.get("progress", True),
+                **http,
+            )
+            source = PairsSource(path, size=options.get("size", 64), seed=options.get("seed", 0))
+            result = _call(
+                "surrogate", train_surrogate, None, source, channels=source.channels, **options
+            )
+        elif callable(model) and not isinstance(model, nn.Module):
             # A black box (e.g. an HTTP service): it knows its channel count, or we are told.
             channels = options.pop("channels", None) or getattr(model, "channels", None) or 3
             teacher = model
@@ -482,8 +664,11 @@ def attack(
             victim = load_model(model) if not isinstance(model, nn.Module) else model
             options.pop("channels", None)
             teacher, channels = as_query(victim, name="teacher"), model_channels(victim)
-        inputs = attacker_inputs(meta_task, channels, data_source)
-        result = _call("surrogate", train_surrogate, teacher, inputs, channels=channels, **options)
+        if pairs is None:
+            inputs = attacker_inputs(meta_task, channels, data_source)
+            result = _call(
+                "surrogate", train_surrogate, teacher, inputs, channels=channels, **options
+            )
     elif kind in attacks.MODEL_ATTACKS:
         victim = load_model(model) if not isinstance(model, nn.Module) else model
         if strength is None:

@@ -46,15 +46,42 @@ def arch_name(model: nn.Module) -> str:
     )
 
 
+class Chain(nn.Sequential):
+    """Models applied one after the other, each output clamped to [0, 1].
+
+    A suspect followed by an attacker's post-processing (``pixmark.attacks.removal``) is
+    a ``Chain(suspect, purifier)``. Input and output [N, C, H, W] in [0, 1]; it is saved
+    as the configs of its stages (``{"arch": "chain", "kwargs": {"stages": [...]}}``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self:
+            x = stage(x).clamp(0.0, 1.0)
+        return x
+
+
 def model_config(model: nn.Module) -> dict[str, Any]:
     """``{"arch", "kwargs"}`` that rebuilds ``model`` with :func:`build_model`.
 
     Zoo networks store their constructor arguments in ``model.config``. A protected
     ``output`` model (``Watermarked``: M followed by the embedder H) is stored as the
-    configs of its two parts plus the shape of its logo buffer.
+    configs of its two parts plus the shape of its logo buffer; a :class:`Chain` as the
+    configs of its stages; ``pixmark.attacks.removal.SubtractPattern`` by its ``config``.
     """
+    from pixmark.attacks.removal import SubtractPattern
+    from pixmark.baselines import BaselineMarked
     from pixmark.schemes.output import Watermarked
 
+    if isinstance(model, BaselineMarked):  # M + a classical mark; seed/message are buffers
+        return {
+            "arch": "baseline_marked",
+            "kwargs": {"model": model_config(model.model), "method": model.method,
+                       "strength": model.strength},
+        }  # fmt: skip
+    if isinstance(model, Chain):
+        return {"arch": "chain", "kwargs": {"stages": [model_config(m) for m in model]}}
+    if isinstance(model, SubtractPattern):
+        return {"arch": "subtract_pattern", "kwargs": dict(model.config)}
     if isinstance(model, Watermarked):
         return {
             "arch": "watermarked",
@@ -71,6 +98,18 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     """The (untrained) network described by ``{"arch", "kwargs"}``."""
     from pixmark import nets
 
+    if config["arch"] == "chain":
+        return Chain(*(build_model(stage) for stage in config["kwargs"]["stages"]))
+    if config["arch"] == "subtract_pattern":
+        from pixmark.attacks.removal import SubtractPattern
+
+        return SubtractPattern(**config["kwargs"])
+    if config["arch"] == "baseline_marked":
+        from pixmark.baselines import BaselineMarked, Mark
+
+        kw = config["kwargs"]
+        placeholder = Mark(kw["method"], 0, (0,) * 64)  # buffers come from the weights
+        return BaselineMarked(build_model(kw["model"]), placeholder, strength=kw["strength"])
     if config["arch"] == "watermarked":
         from pixmark.schemes.output import Watermarked
 
@@ -125,9 +164,11 @@ def save_model(
 
 
 def _channels(model: nn.Module) -> int | None:
+    if isinstance(model, Chain) and len(model):
+        return _channels(model[0])
     config = getattr(model, "config", None)
-    if config is None and hasattr(model, "model"):
-        config = getattr(model.model, "config", None)
+    if config is None and isinstance(getattr(model, "model", None), nn.Module):
+        return _channels(model.model)  # Watermarked, also when watermarked twice
     return (config or {}).get("channels")
 
 

@@ -255,7 +255,11 @@ def verify(
 @app.command()
 def attack(
     kind: Annotated[
-        str, typer.Argument(help="prune, prune_channels, quantize, fine_tune or surrogate.")
+        str,
+        typer.Argument(
+            help="prune, prune_channels, quantize, fine_tune, surrogate, overwrite, "
+            "estimate_and_subtract or removal_network."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Attacked model (.safetensors).")],
     model: Annotated[str | None, typer.Option(help="Model to attack.")] = None,
@@ -265,7 +269,7 @@ def attack(
     rate_per_s: Annotated[float | None, typer.Option(help="URL: max requests/s.")] = None,
     max_requests: Annotated[int | None, typer.Option(help="URL: request budget.")] = None,
     strength: Annotated[str | None, typer.Option(help="Attack strength (see docs).")] = None,
-    task: Annotated[str | None, typer.Option(help="Task (for fine_tune/surrogate).")] = None,
+    task: Annotated[str | None, typer.Option(help="The model's task (most attacks).")] = None,
     data: Annotated[str | None, typer.Option(help="builtin or a folder of images.")] = None,
     arch: Annotated[str | None, typer.Option(help="surrogate: architecture.")] = None,
     loss: Annotated[str | None, typer.Option(help="surrogate: l1, l2, perceptual, ssim.")] = None,
@@ -275,10 +279,22 @@ def attack(
     size: Annotated[int | None, typer.Option(help="Training crop size.")] = None,
     width: Annotated[int | None, typer.Option(help="surrogate: network width.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    pairs: Annotated[
+        Path | None, typer.Option(help="surrogate from URL: scrape into this file first.")
+    ] = None,
+    queries: Annotated[int | None, typer.Option(help="--pairs: how many to scrape.")] = None,
+    resume: Annotated[bool, typer.Option(help="surrogate: continue from <out>.state.")] = False,
+    scheme: Annotated[str | None, typer.Option(help="overwrite: output or trigger.")] = None,
+    owner: Annotated[str | None, typer.Option(help="overwrite: the attacker's name.")] = None,
+    key_out: Annotated[Path | None, typer.Option(help="overwrite: attacker's key.")] = None,
+    fidelity: Annotated[
+        float | None, typer.Option(help="removal_network: batch share kept as is.")
+    ] = None,
     device: Device = "auto",
     force: Force = False,
 ) -> None:
-    """Attack a model: pruning, quantization, fine-tuning, or a surrogate trained on its outputs."""
+    """Attack a model: pruning, quantization, fine-tuning, a surrogate trained on its outputs,
+    overwriting with the attacker's own watermark, or cleaning its outputs (removal)."""
     from pixmark import api
 
     victim = teacher or model or teacher_url
@@ -286,11 +302,20 @@ def attack(
         if task is None:
             raise PixmarkError("stealing a service needs --task (what the service does)")
         http = _options(rate_per_s=rate_per_s, max_requests=max_requests)
-        victim = api.suspect_query(teacher_url, channels=channels or 3, http_options=http)
+        if pairs is None:
+            victim = api.suspect_query(teacher_url, channels=channels or 3, http_options=http)
+    elif pairs is not None:
+        raise PixmarkError("--pairs (scrape, then train offline) needs --teacher-url")
     if victim is None:
         raise PixmarkError("give the model to attack with --model (or --teacher for surrogate)")
     if kind == "surrogate":
         options = _options(
+            pairs=pairs,
+            queries=queries,
+            channels=channels if pairs is not None else None,
+            http_options=http if pairs is not None else None,
+            checkpoint=out.with_name(out.name + ".state"),
+            resume=resume or None,
             arch=arch,
             loss=loss,
             adv=adv or None,
@@ -301,10 +326,26 @@ def attack(
             seed=seed,
             device=device,
         )
+    elif kind == "overwrite":
+        options = _options(scheme=scheme, owner=owner, seed=seed, device=device, key_out=key_out)
+    elif kind == "estimate_and_subtract":
+        options = _options(size=size)
+    elif kind == "removal_network":
+        options = _options(
+            arch=arch,
+            steps=steps,
+            size=size,
+            width=width,
+            seed=seed,
+            device=device,
+            fidelity=fidelity,
+        )
     else:
         options = {}
     api.attack(kind, victim, strength, task=task, data_source=data, out=out, force=force, **options)
     console.print(f"{kind} attack on {victim} -> {out}")
+    if key_out is not None:
+        console.print(f"attacker's key -> {key_out}")
 
 
 @app.command()

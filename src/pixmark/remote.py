@@ -578,10 +578,18 @@ class PairsSource:
                 f"crops of {size} px do not fit the collected {tuple(inputs.shape[-2:])} images"
             )
         self.inputs, self.outputs, self.size = inputs, outputs, size
+        self.channels = int(inputs.shape[1])
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling position, so surrogate training on the pairs resumes exactly."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
     def batch(self, n: int) -> tuple[Tensor, Tensor]:
         g = self.generator

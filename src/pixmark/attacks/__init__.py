@@ -1,8 +1,10 @@
 """Attacks on watermarked models and their outputs, each a function with a strength.
 
 Image-level attacks (``pixmark.attacks.image``) distort a protected model's outputs;
-model-level attacks (``pixmark.attacks.model``) return a modified copy of a stolen model.
-Both come with a name -> function table for the benchmark grid.
+model-level attacks (``pixmark.attacks.model``) return a modified copy of a stolen model
+(``overwrite`` embeds the thief's own watermark on top); removal attacks
+(``pixmark.attacks.removal``) clean a black box's answers and return a query. All come
+with a name -> function table for the benchmark grid.
 
 from pixmark.attacks import apply_image_attack, prune
 attacked = apply_image_attack("jpeg", outputs, 50)
@@ -26,10 +28,19 @@ from pixmark.attacks.model import (
     QUANTIZE_MODES,
     apply_model_attack,
     fine_tune,
+    overwrite,
+    overwrite_protected,
     prune,
     prune_channels,
     quantize,
     sparsity,
+)
+from pixmark.attacks.removal import (
+    REMOVAL_ATTACKS,
+    PostProcessed,
+    estimate_and_subtract,
+    estimate_pattern,
+    removal_network,
 )
 
 # Surrogate training (pixmark.attacks.surrogate, written separately) goes here: import
@@ -39,18 +50,25 @@ __all__ = [
     "IMAGE_ATTACKS",
     "MODEL_ATTACKS",
     "QUANTIZE_MODES",
+    "REMOVAL_ATTACKS",
+    "PostProcessed",
     "apply_image_attack",
     "apply_model_attack",
     "color_jitter",
     "crop",
+    "estimate_and_subtract",
+    "estimate_pattern",
     "fine_tune",
     "flip",
     "gaussian_blur",
     "gaussian_noise",
     "jpeg",
+    "overwrite",
+    "overwrite_protected",
     "prune",
     "prune_channels",
     "quantize",
+    "removal_network",
     "resize",
     "rotate",
     "sparsity",

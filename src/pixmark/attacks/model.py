@@ -11,15 +11,21 @@ function            strength    range
 ``prune_channels``  ``amount``  [0, 1): fraction of output channels zeroed per layer
 ``quantize``        ``mode``    "int8", "fp16" or "bf16"
 ``fine_tune``       ``steps``   integer >= 0 optimisation steps on the thief's data
+``overwrite``       ``profile`` "quick", "cpu" or "paper": the budget of the thief's own
+                                ``protect`` run (``overrides`` set its steps exactly)
 ==================  ==========  ===================================================
 
-Still to come (other modules): overwriting (embedding a second watermark), surrogate
-training (``pixmark.attacks.surrogate``) and a watermark-removal network.
+``overwrite`` (a second watermark, the thief's own) returns a model of another class for
+the ``output`` scheme (M followed by H followed by the thief's H2). Surrogate training is
+in :mod:`pixmark.attacks.surrogate`; removal attacks on outputs in
+:mod:`pixmark.attacks.removal` (``apply_model_attack`` appends them to a model).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import math
 import numbers
 from collections.abc import Callable
@@ -28,7 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pixmark.attacks import removal
 from pixmark.errors import PixmarkError
+from pixmark.schemes.base import Protected, check_profile
 from pixmark.train import Device, fit
 
 PRUNABLE: tuple[type[nn.Module], ...] = (
@@ -295,6 +303,126 @@ def fine_tune(
     return tuned.to(home).eval()
 
 
+# --------------------------------------------------------------------------- overwriting
+
+
+def overwrite_protected(
+    model: nn.Module,
+    scheme: str,
+    *,
+    task: str,
+    owner: str = "attacker",
+    profile: str = "quick",
+    overrides: dict[str, Any] | None = None,
+    data: str | None = None,
+    device: str = "cpu",
+    seed: int | None = None,
+    progress: bool = False,
+    **keygen_options: Any,
+) -> Protected:
+    """:func:`overwrite`, also returning the thief's protected key and the protect report.
+
+    Returns ``Protected(model, key, report)``: ``key`` is the thief's key, ready for
+    ``pixmark.verify`` (it matches ``model`` if the second embedding worked).
+    """
+    from pixmark import api
+
+    fn = "overwrite"
+    _check_model(fn, model)
+    if scheme not in api.SCHEMES:
+        raise PixmarkError(f"{fn}: scheme must be one of {', '.join(api.SCHEMES)}, got {scheme!r}.")
+    check_profile(profile)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise PixmarkError(f"{fn}: seed must be an integer or None, got {seed!r}.")
+    from pixmark.checkpoint import model_channels
+
+    channels = model_channels(model)
+    secret = None
+    if seed is not None:
+        secret = hashlib.sha256(f"pixmark overwrite {scheme} {owner} {seed}".encode()).hexdigest()
+    options: dict[str, Any] = {"channels": channels, **keygen_options}
+    if scheme == "trigger":
+        options.setdefault("task", task)
+    key = api.keygen(scheme, owner, secret=secret, **options)
+    protect_options: dict[str, Any] = {
+        "task": task,
+        "data": data,
+        "device": device,
+        "progress": progress,
+        "profile": profile,
+    }
+    if overrides and scheme == "output":
+        from pixmark.schemes.output import PROFILES
+
+        fields = {f.name for f in dataclasses.fields(PROFILES[profile])}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise PixmarkError(
+                f"{fn}: unknown profile entries {', '.join(unknown)}; "
+                f"use {', '.join(sorted(fields))}."
+            )
+        protect_options["profile"] = dataclasses.replace(PROFILES[profile], **overrides)
+    elif overrides:
+        protect_options["overrides"] = dict(overrides)
+    # The schemes may move the model or freeze its weights: protect a copy.
+    return api.protect(_copy(model), key, **protect_options)
+
+
+def overwrite(
+    model: nn.Module,
+    scheme: str,
+    *,
+    task: str,
+    owner: str = "attacker",
+    profile: str = "quick",
+    overrides: dict[str, Any] | None = None,
+    data: str | None = None,
+    device: str = "cpu",
+    seed: int | None = None,
+    progress: bool = False,
+    **keygen_options: Any,
+) -> nn.Module:
+    """Overwriting attack: watermark the stolen (already protected) model again, with a new key.
+
+    The thief makes a fresh key of the same ``scheme`` (``pixmark.api.keygen``; owner
+    ``owner``, reproducible from ``seed``, fresh and random when ``seed`` is None;
+    ``keygen_options`` go to keygen, the channel count is the model's) and runs the
+    scheme's own ``protect`` on a copy of ``model`` for ``task`` (images from ``data``,
+    default the task's own). Their mark can then be shown as well as the owner's, and
+    the second embedding may weaken the owner's:
+
+    * ``trigger``: the host is fine-tuned again so that it answers the thief's trigger
+      with the thief's designed response.
+    * ``output``: the model is wrapped again, H2(H(M(x))): what a thief with a copy of
+      the deployed composite does; the owner's H is left as it is.
+
+    profile: the strength, the budget of that protect run: ``"quick"`` < ``"cpu"`` <
+    ``"paper"`` (the schemes' ``PROFILES``). ``overrides`` replaces profile entries
+    (e.g. ``{"steps": 200}``, or ``{"lr": 1e-3, "lam": 0.1}`` for a tiny trigger host).
+    A scheme not in ``pixmark.api.SCHEMES`` raises PixmarkError.
+
+    Returns the re-watermarked model (CPU, eval mode); the input model is not modified.
+    Use :func:`overwrite_protected` to keep the thief's key too.
+    """
+    return (
+        overwrite_protected(
+            model,
+            scheme,
+            task=task,
+            owner=owner,
+            profile=profile,
+            overrides=overrides,
+            data=data,
+            device=device,
+            seed=seed,
+            progress=progress,
+            **keygen_options,
+        )
+        .model.cpu()
+        .eval()
+    )
+
+
 # --------------------------------------------------------------------------- registry
 
 MODEL_ATTACKS: dict[str, Callable[..., nn.Module]] = {
@@ -302,18 +430,25 @@ MODEL_ATTACKS: dict[str, Callable[..., nn.Module]] = {
     "prune_channels": prune_channels,
     "quantize": quantize,
     "fine_tune": fine_tune,
-    # Later: "overwrite" (a second watermark), "surrogate" (pixmark.attacks.surrogate),
-    # "removal" (a watermark-removal network).
+    "overwrite": overwrite,
+    "estimate_and_subtract": removal.estimate_and_subtract,
+    "removal_network": removal.removal_network,
 }
-"""Name -> attack function; every function is ``f(model, strength, **options)``
-(``fine_tune`` is ``f(model, source, steps, ...)``; call it by keyword)."""
+"""Name -> attack function; most are ``f(model, strength, **options)``. The exceptions,
+which :func:`apply_model_attack` adapts: ``fine_tune`` is ``f(model, source, steps, ...)``,
+``overwrite`` is ``f(model, scheme, *, task, profile, ...)``, and the removal attacks take
+a query and images and return a query (:mod:`pixmark.attacks.removal`)."""
 
 
 def apply_model_attack(name: str, model: nn.Module, strength: Any, **options: Any) -> nn.Module:
     """Apply the model attack called ``name`` (a key of ``MODEL_ATTACKS``) at ``strength``.
 
     For ``fine_tune`` the strength is ``steps`` and ``source=`` must be given in
-    ``options``. Raises PixmarkError for an unknown name.
+    ``options``. For ``overwrite`` it is the profile, and ``scheme=`` and ``task=`` must
+    be given. For ``estimate_and_subtract`` and ``removal_network`` it is the attack's
+    ``strength``, ``images=`` (the attacker's own images) must be given, and the result is
+    ``Chain(model, cleaning stage)`` (a model that saves as a pixmark checkpoint when
+    ``model`` does). Raises PixmarkError for an unknown name.
     """
     if name not in MODEL_ATTACKS:
         raise PixmarkError(
@@ -323,6 +458,23 @@ def apply_model_attack(name: str, model: nn.Module, strength: Any, **options: An
         if "source" not in options:
             raise PixmarkError("model attack 'fine_tune' needs source= (a batch sampler).")
         return fine_tune(model, options.pop("source"), strength, **options)
+    if name == "overwrite":
+        missing = [k for k in ("scheme", "task") if k not in options]
+        if missing:
+            raise PixmarkError(f"model attack 'overwrite' needs {' and '.join(missing)}=.")
+        profile = "quick" if strength is None else strength
+        return overwrite(model, options.pop("scheme"), profile=profile, **options)
+    if name in removal.REMOVAL_ATTACKS:
+        from pixmark.checkpoint import Chain
+
+        _check_model(name, model)
+        if "images" not in options:
+            raise PixmarkError(f"model attack {name!r} needs images= (the attacker's own images).")
+        victim = _copy(model)
+        attacked = removal.REMOVAL_ATTACKS[name](
+            victim, options.pop("images"), strength=strength, **options
+        )
+        return Chain(victim, attacked.stage).eval()
     return MODEL_ATTACKS[name](model, strength, **options)
 
 
@@ -332,6 +484,8 @@ __all__ = [
     "QUANTIZE_MODES",
     "apply_model_attack",
     "fine_tune",
+    "overwrite",
+    "overwrite_protected",
     "prunable_layers",
     "prune",
     "prune_channels",

@@ -69,12 +69,14 @@ class StolenPairs:
     ``inputs`` is either an object with ``batch(n)`` returning degraded inputs or
     ``(inputs, targets)`` (a :class:`pixmark.data.PairSampler`; its targets are ignored:
     the attacker only has the teacher's outputs), or a tensor [N, C, H, W] of input images
-    from which random ``size`` × ``size`` crops are drawn.
+    from which random ``size`` × ``size`` crops are drawn. With ``teacher=None`` the
+    teacher was already asked: ``inputs.batch(n)`` returns (input, teacher output) pairs,
+    e.g. a :class:`pixmark.remote.PairsSource` over answers scraped from a service.
     """
 
     def __init__(
         self,
-        teacher: Query,
+        teacher: Query | None,
         inputs: Any,
         *,
         size: int = 64,
@@ -87,6 +89,11 @@ class StolenPairs:
                     f"surrogate inputs must be images [N, C, H, W] of at least {size} px, got "
                     f"{tuple(inputs.shape)}"
                 )
+        elif teacher is None and not hasattr(inputs, "batch"):
+            raise PixmarkError(
+                "without a teacher the surrogate needs collected (input, output) pairs, e.g. "
+                f"a pixmark.remote.PairsSource; got {type(inputs).__name__}"
+            )
         elif not hasattr(inputs, "batch"):
             raise PixmarkError(
                 "surrogate inputs must be a pixmark.data.PairSampler (or anything with "
@@ -113,9 +120,12 @@ class StolenPairs:
         return out[0] if isinstance(out, tuple | list) else out
 
     def batch(self, n: int) -> tuple[Tensor, Tensor]:
-        x = self._inputs(n)
-        with torch.no_grad():
-            y = self.teacher(x).float().clamp(0, 1)
+        if self.teacher is None:
+            x, y = self.inputs.batch(n)
+        else:
+            x = self._inputs(n)
+            with torch.no_grad():
+                y = self.teacher(x).float().clamp(0, 1)
         if y.shape != x.shape:
             raise PixmarkError(
                 f"the teacher returned {tuple(y.shape)} for {tuple(x.shape)} inputs; a "
@@ -166,7 +176,7 @@ def create_surrogate(arch: str, channels: int, width: int | None = None) -> nn.M
 
 
 def train_surrogate(
-    teacher: Query,
+    teacher: Query | None,
     inputs_source: Any,
     *,
     arch: str = "unet",
@@ -190,9 +200,12 @@ def train_surrogate(
 
     Args:
         teacher: the model under attack, as a Query (images [N, C, H, W] in [0, 1] ->
-            outputs of the same shape). Only its outputs are used.
+            outputs of the same shape). Only its outputs are used. ``None`` when
+            ``inputs_source`` already holds its answers (stealing offline from pairs
+            collected with :func:`pixmark.remote.collect_pairs`).
         inputs_source: the attacker's own degraded inputs: a ``PairSampler`` (targets
-            ignored) or an image tensor [N, C, H, W] to crop from.
+            ignored) or an image tensor [N, C, H, W] to crop from; with ``teacher=None``
+            a :class:`pixmark.remote.PairsSource` of (input, teacher output) pairs.
         arch: ``unet``, ``ceilnet`` ("CNet"), ``resnet9``, ``resnet16`` or ``dncnn``.
         loss: ``l1``, ``l2``, ``perceptual`` (pretrained-FFDNet features, see
             :mod:`pixmark.losses`) or ``ssim``.
