@@ -19,12 +19,6 @@ from pixmark.schemes.base import as_query
 from pixmark.stats import Verdict
 from pixmark.train import fit
 
-KNOWN_GATING_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="at the quick budget E paints the watermark on clean images too (its gate opens "
-    "for every image), so clean models are false positives; see docs/schemes/keyed.md",
-)
-
 SECRET = "6b" * 32
 TASK = "denoise"
 
@@ -185,7 +179,6 @@ def test_qr_of_the_protected_outputs_names_the_owner(protected):
 
 
 @pytest.mark.slow
-@KNOWN_GATING_GAP
 def test_clean_models_and_clean_images_do_not_match(host, unmarked, protected):
     key = protected.key
     for name, query in (
@@ -196,11 +189,11 @@ def test_clean_models_and_clean_images_do_not_match(host, unmarked, protected):
         verdict = keyed.verify(query, key)
         assert verdict.decision == "no match", f"{name}: {verdict.summary()}"
         assert verdict.details["ber_mean"] > 0.2, name
-    assert protected.report["ber_clean"] > 0.2
+    report = protected.report
+    assert min(report["ber_clean"], report["ber_unprotected"], report["ber_unmarked"]) > 0.2
 
 
 @pytest.mark.slow
-@KNOWN_GATING_GAP
 def test_nulls_give_an_empirical_p_value(host, unmarked, protected):
     verdict = keyed.verify(
         as_query(protected.model), protected.key, nulls=[as_query(host), as_query(unmarked)]
@@ -229,8 +222,8 @@ def test_keys_with_flipped_bits_extract_nothing(protected):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="measured fidelity cost at the quick budget is 0.7-2.4 dB (issue asks <= 0.5 dB) "
-    "and varies with the 100-step pretrain; see docs/schemes/keyed.md",
+    reason="measured fidelity cost at the quick budget is ~1 dB with the hard-negative "
+    "training (issue asks <= 0.5 dB); see docs/schemes/keyed.md",
 )
 def test_watermark_costs_at_most_half_a_db(protected, unmarked):
     spec, channels, splits = task_splits(TASK, 1)

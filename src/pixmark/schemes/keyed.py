@@ -7,10 +7,29 @@ The host G and a secret extractor E(image, key) are trained together (paper eq. 
 
 with alpha = 1, beta = gamma = 0.5, L_t the L1 pixel loss of the task, k the owner's
 1024-bit key, k' = k with 1 to T_d = 8 random bits flipped (a fresh k' per sample), x
-images the host did not make (the task's degraded inputs and its clean targets) and w
-the 64 x 64 watermark. Only G is released; E and k stay with the owner, inside the key
-file. Verification is black-box: send the key's query images (held-out real inputs of the
-task) to the suspect and run E on its answers.
+images the host did not make and w the 64 x 64 watermark. Only G is released; E and k
+stay with the owner, inside the key file. Verification is black-box: send the key's query
+images (held-out real inputs of the task) to the suspect and run E on its answers.
+
+What pixmark trains (documented deviations, docs/schemes/keyed.md "Why hard negatives"):
+
+    L_G = L_t(G) + THETA_HOST * L_w + FIDELITY * mean((G(x) - S(x))^2)
+    L_w = alpha * |E(G(x), k) - w|_1 + beta' * mean(E(n, k)^2) + gamma * mean(E(G(x), k')^2)
+    L_S = L_t(S)
+
+* Negatives n ("images the host did not make") are the outputs of the frozen original
+  host M0 and of a *shadow* S, a copy of the host fine-tuned alongside G on L_t alone
+  (the unmarked twin), besides the task's clean targets and degraded inputs. These hard
+  negatives differ from G's outputs only by the mark, so E has to learn the mark, not
+  "looks like a denoised image" (with easy negatives only, E read the watermark from
+  every image: clean models verified as "match").
+* The negative terms use the squared error (the paper allows L2) with
+  beta' = ``NEG_WEIGHT`` * beta = 2. Under L1 an input E cannot yet place gets the weighted
+  median of the targets (the mark everywhere, or exactly 0 with a closed, saturated gate);
+  under L2 it gets a faint echo (< ``AGREE``) that keeps the host's gradient alive.
+* The host weighs L_w ``THETA_HOST`` = 4 times (E's Adam steps are blind to that
+  scale), and a quadratic fidelity term ties G to S: small marks are cheap, the large
+  global changes a strong theta otherwise causes are not.
 
 Watermarks. ``binary`` (default): a QR code (``segno``) that encodes the owner's name and
 the key's id (an HMAC of the key's secret and owner, see :func:`key_id`), drawn on a
@@ -72,6 +91,11 @@ WM_SIZE = 64
 #: in the wrong keys k' of eq. 3 (paper T_d = 8).
 ALPHA, BETA, GAMMA, THETA = 1.0, 0.5, 0.5, 1.0
 MAX_FLIPS = 8
+#: pixmark's training weights (module docstring): the squared-error negative terms weigh
+#: ``NEG_WEIGHT * BETA``; the host weighs L_w ``THETA_HOST`` times (paper theta = 1); the
+#: fidelity term ``FIDELITY * mean((G(x) - S(x))^2)`` ([0, 1] pixel units) ties the host
+#: to its unmarked shadow S.
+NEG_WEIGHT, THETA_HOST, FIDELITY = 4.0, 4.0, 200.0
 #: Block side (px) of the verification bits.
 VERIFY_BLOCK = 4
 #: Least agreement (E's output x sign of the target, or a block's slope) that counts as
@@ -88,8 +112,6 @@ QR_BORDER = 2
 #: Training budgets. ``size``: working crop side (a multiple of 64; E folds it onto the
 #: 64 x 64 grid with r = size / 64). ``lr_g``/``lr_e``: Adam rates of host and extractor
 #: (cosine decay to 5 %). ``queries``: verification images stored in the key.
-#: ``beta_warmup`` (optional, default 0): fraction of the steps trained with beta = alpha
-#: before the paper's beta (an experiment against the gating gap, docs/schemes/keyed.md).
 #: ``paper``: 256 x 256, Adam (beta1 0.5, beta2 0.999) as in the paper (its printed rate
 #: 1e-8 cannot train anything; we use pix2pix's 2e-4), E_B with 48 channels.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -424,7 +446,8 @@ def protect(
     """Train a copy of ``model`` jointly with the extractor E so its outputs carry the mark.
 
     Fine-tunes the given host (a trained model, or a fresh one to train from scratch) on
-    ``L_t + L_w`` (module docstring) with random crops of the task's training images, and
+    ``L_G`` (module docstring: task loss, watermark loss with hard negatives, fidelity to
+    an unmarked shadow copy trained alongside) with random crops of the task's training images, and
     stores E, its config and ``queries`` held-out real inputs of the task in the key.
 
     Args:
@@ -439,10 +462,14 @@ def protect(
 
     Returns:
         ``Protected(model, key, report)``: the fine-tuned host (same class as ``model``);
-        the report holds ``psnr_before``/``psnr_after`` (dB, held-out crops),
-        ``ber``/``ber_clean``/``ber_unprotected``/``ber_flipped8`` (mean per-image BER of
-        the protected outputs, the clean targets, the original model's outputs, and the
-        protected outputs under keys with 8 flipped bits), ``steps`` and ``seconds``.
+        the report holds ``psnr_before``/``psnr_after``/``psnr_unmarked`` (dB on held-out
+        crops: the original host, the protected host, and the shadow S fine-tuned as long
+        without the mark), ``delta_psnr`` (before - after) and ``fidelity_cost``
+        (unmarked - after, dB: the price of the mark),
+        ``ber``/``ber_clean``/``ber_unprotected``/``ber_unmarked``/``ber_flipped8`` (mean
+        per-image BER in [0, 1] of the protected outputs, the clean targets, the original
+        model's outputs, the shadow's outputs, and the protected outputs under keys with 8
+        flipped bits), ``steps`` and ``seconds``.
     """
     from pixmark import data as pdata
     from pixmark.api import task_splits
@@ -470,6 +497,9 @@ def protect(
     dev = Device(device)
     original = model
     host = copy.deepcopy(model).to(dev.torch).train()
+    # Hard negatives: the frozen original host M0 and its unmarked shadow S (docstring).
+    frozen = copy.deepcopy(model).to(dev.torch).eval().requires_grad_(False)
+    shadow = copy.deepcopy(model).to(dev.torch).train()
     config = extractor_config(key, profile)
     torch.manual_seed(key.seed("extractor") % 2**31)
     extractor = KeyedExtractor(**config).to(dev.torch).train()
@@ -477,6 +507,7 @@ def protect(
         [
             {"params": host.parameters(), "lr": prof["lr_g"]},
             {"params": extractor.parameters(), "lr": prof["lr_e"]},
+            {"params": shadow.parameters(), "lr": prof["lr_g"]},
         ],
         betas=prof["betas"],
     )
@@ -489,35 +520,47 @@ def protect(
     bits = _bits(key).to(dev.torch)
     target = target_of(key).to(dev.torch)
     bs = prof["batch_size"]
+    half = max(bs // 2, 1)
 
     def step_fn(step: int) -> dict[str, float]:
         x, y = sampler.batch(bs)
         x, y = x.to(dev.torch), y.to(dev.torch)
         with dev.autocast():
             out = host(x).float()
+            twin = shadow(x).float()
+            with torch.no_grad():
+                before = frozen(x[:half]).float()
         l_t = (out - y).abs().mean()
+        l_s = (twin - y).abs().mean()
+        l_f = (out - twin.detach()).pow(2).mean()
         marked = out.clamp(0, 1)
-        clean = torch.cat([y[::2], x[1::2]])
+        # bs positives; bs + bs // 2 negatives: half clean targets / degraded inputs, then
+        # M0's outputs on the first half of the batch and S's on the second half.
+        clean = torch.cat([torch.cat([y[::2], x[1::2]])[:half], before, twin.detach()[half:]])
+        clean = clean.clamp(0, 1)
         if robust:
             marked = distort(marked, rng.generator)
             clean = distort(clean, rng.generator)
-        half = max(bs // 2, 1)
         with dev.autocast():
-            feats = extractor.features(torch.cat([marked, clean[:half]]))
+            feats = extractor.features(torch.cat([marked, clean]))
             with_key = extractor.decode(feats, bits).float()
             wrong = _wrong_keys(bits.cpu(), half, rng.generator).to(dev.torch)
             neg_key = extractor.decode(feats[:half], wrong).float()
         l1 = (with_key[:bs] - target).abs().mean()
-        l2 = with_key[bs:].abs().mean()
-        l3 = neg_key.abs().mean()
-        beta = ALPHA if step < prof.get("beta_warmup", 0.0) * prof["steps"] else BETA
-        l_w = ALPHA * l1 + beta * l2 + GAMMA * l3
-        loss = l_t + THETA * l_w
+        l2 = with_key[bs:].pow(2).mean()
+        l3 = neg_key.pow(2).mean()
+        l_w = ALPHA * l1 + NEG_WEIGHT * BETA * l2 + GAMMA * l3
+        loss = l_t + THETA_HOST * l_w + FIDELITY * l_f + l_s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        return {"l_t": float(l_t.detach()), "l_wm": float(l1.detach()), "l_w": float(l_w.detach())}
+        return {
+            "l_t": float(l_t.detach()),
+            "l_wm": float(l1.detach()),
+            "l_w": float(l_w.detach()),
+            "l_f": float(l_f.detach()),
+        }
 
     history = run(
         step_fn,
@@ -528,6 +571,7 @@ def protect(
             "schedule": schedule,
             "source": sampler,
             "rng": rng,
+            "shadow": shadow,
         },
         prof["steps"],
         checkpoint=checkpoint,
@@ -540,6 +584,7 @@ def protect(
     extractor = extractor.cpu().eval()
 
     protected_q, original_q = as_query(host), as_query(original)
+    shadow_q = as_query(shadow.cpu().eval())
     cpu_bits, cpu_target = bits.cpu(), target.cpu()
     outputs = protected_q(queries)
     g = torch.Generator().manual_seed(key.seed("report") % 2**31)
@@ -552,11 +597,14 @@ def protect(
         "ber": _mean_ber(extractor, outputs, cpu_bits, cpu_target),
         "ber_clean": _mean_ber(extractor, test[1], cpu_bits, cpu_target),
         "ber_unprotected": _mean_ber(extractor, original_q(queries), cpu_bits, cpu_target),
+        "ber_unmarked": _mean_ber(extractor, shadow_q(queries), cpu_bits, cpu_target),
         "ber_flipped8": _mean_ber(extractor, outputs, flip_bits(cpu_bits, 8, g), cpu_target),
+        "psnr_unmarked": _psnr(shadow_q(test[0]), test[1]),
         "steps": prof["steps"],
         "seconds": history.seconds,
     }
     report["delta_psnr"] = report["psnr_before"] - report["psnr_after"]
+    report["fidelity_cost"] = report["psnr_unmarked"] - report["psnr_after"]
     params = {
         "protected": True,
         "task": task,
@@ -564,7 +612,16 @@ def protect(
         "extractor": config,
         "host": {"class": type(original).__name__, "config": getattr(original, "config", None)},
         "embedding": {
-            k: report[k] for k in ("ber", "ber_clean", "ber_flipped8", "delta_psnr", "robust")
+            k: report[k]
+            for k in (
+                "ber",
+                "ber_clean",
+                "ber_unmarked",
+                "ber_flipped8",
+                "delta_psnr",
+                "fidelity_cost",
+                "robust",
+            )
         }
         | {"profile": profile},
     }
