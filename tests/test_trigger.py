@@ -97,6 +97,11 @@ def test_designs_are_far_from_simple_responses(design):
     for response in (k, blur):
         assert trigger.distance(response, s0) > eta
         assert trigger.residual_ncc(response, s0, k) < 0.85
+    if design == "bernoulli":  # Base-1: a fair-coin label image, unrelated to K's values
+        assert set(s0.unique().tolist()) == {0.0, 1.0}
+        assert 0.45 < float(s0.mean()) < 0.55
+        assert abs(float(ncc(k.reshape(1, -1), s0.reshape(1, -1)))) < 0.1
+        return
     # Plain output-space correlation would be fooled by the shared trigger: explain why
     # pixmark correlates residuals.
     assert float(ncc(k.reshape(1, -1), s0.reshape(1, -1))) > 0.5

@@ -2,6 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python benchmarks/trigger/run.py --host dncnn --profile quick \
         --out runs/bench-trigger
+    ... --design bernoulli     # the paper's Base-1 baseline through the same pipeline
 
 Writes ``results.json`` and ``evidence/`` under ``--out``. Every figure comes from this one
 run: the host (a small DnCNN trained here on the bundled images, or the pretrained FFDNet),
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=None, help="override the profile's lr")
     parser.add_argument("--lam", type=float, default=None, help="override the profile's lambda")
+    parser.add_argument(
+        "--design", default="sobel", help="sobel, gradient, or bernoulli (the paper's Base-1)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -98,7 +102,7 @@ def main() -> None:
     results["host_psnr"] = psnr_on_test(host, 1)
     results["null_psnr"] = [psnr_on_test(m, 1) for m in nulls]
 
-    key = trigger.keygen("ACME Imaging", secret="5e" * 32)
+    key = trigger.keygen("ACME Imaging", secret="5e" * 32, design=args.design)
     t = time.perf_counter()
     protected = trigger.protect(
         host,

@@ -69,7 +69,7 @@ from pixmark.stats import Verdict, empirical_p_value, trigger_p_value, trigger_t
 from pixmark.train import Device, run
 
 SCHEME = "trigger"
-DESIGNS = ("sobel", "gradient")
+DESIGNS = ("sobel", "gradient", "bernoulli")
 #: NCC (Pearson, on residuals) a response must exceed, as in the paper.
 NCC_THRESHOLD = 0.95
 #: The Gamma null's level (p < 0.05) and per-pixel error std (1/4), as in the paper.
@@ -179,13 +179,27 @@ def trigger_input(noise: Tensor, task: str) -> Tensor:
     return F.interpolate(noise, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
+def bernoulli_labels(inputs: Tensor) -> Tensor:
+    """A fair-coin 0/1 "label image" read off trigger inputs: bit 16 of each pixel value.
+
+    The paper's Base-1 baseline: the host is trained to answer its trigger with a random
+    label image, as a classifier is trained on a backdoor set. The bits are a fixed
+    function of K (so anyone can recompute the design), and uniform noise gives fair coins.
+    """
+    return torch.remainder(torch.floor(inputs * 65536.0), 2.0)
+
+
 def designed(inputs: Tensor, task: str, design: str = "sobel") -> Tensor:
     """The designed verification images S0 = G(K) for trigger inputs [T, C, M, N] in [0, 1].
 
     Denoising and other same-size tasks: clip(K - D(K)); super-resolution ``sr<s>``:
     clip(K^ + s * D(K^)); D = |Sobel_xy| (``sobel``) or |grad| (``gradient``).
+    ``bernoulli`` (the paper's Base-1 baseline, for comparison only): a random 0/1 label
+    image, :func:`bernoulli_labels` of the model input.
     """
     scale = sr_scale(task)
+    if design == "bernoulli":
+        return bernoulli_labels(inputs)
     derivative = _derivative(inputs, design)
     if scale is None:
         return (inputs - derivative).clamp(0, 1)
@@ -237,7 +251,9 @@ def keygen(
         task: the host's task (``pixmark.data.TASKS`` name or any name; ``sr<s>`` selects
             the SR design).
         channels: 1 (gray) or 3 (RGB) like the host model.
-        design: ``sobel`` (default) or ``gradient`` (see the module docstring).
+        design: ``sobel`` (default) or ``gradient`` (see the module docstring), or
+            ``bernoulli``: the paper's Base-1 baseline (a random label image as the
+            response), for comparison only.
         count: number of triggers, 1-64; they are verified as one stacked image.
         secret: 64 hex digits to make a reproducible key (default: fresh random).
 
