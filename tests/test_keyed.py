@@ -19,6 +19,10 @@ from pixmark.schemes.base import as_query
 from pixmark.stats import Verdict
 from pixmark.train import fit
 
+# protect trains host, extractor and an unmarked shadow host together: ~5 minutes on one
+# idle core, far longer beside other test workers, so the module gets the output tests' limit.
+pytestmark = pytest.mark.timeout(2400)
+
 SECRET = "6b" * 32
 TASK = "denoise"
 

@@ -283,6 +283,9 @@ def attack(
         Path | None, typer.Option(help="surrogate from URL: scrape into this file first.")
     ] = None,
     queries: Annotated[int | None, typer.Option(help="--pairs: how many to scrape.")] = None,
+    collect_size: Annotated[
+        int | None, typer.Option(help="--pairs: side of the scraped crops (default 96).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="surrogate: continue from <out>.state.")] = False,
     scheme: Annotated[str | None, typer.Option(help="overwrite: output or trigger.")] = None,
     owner: Annotated[str | None, typer.Option(help="overwrite: the attacker's name.")] = None,
@@ -312,6 +315,7 @@ def attack(
         options = _options(
             pairs=pairs,
             queries=queries,
+            collect_size=collect_size,
             channels=channels if pairs is not None else None,
             http_options=http if pairs is not None else None,
             checkpoint=out.with_name(out.name + ".state"),
