@@ -20,23 +20,8 @@ from pixmark.remote import http_query, load_pairs
 from pixmark.serve import running
 
 
-def _dncnn(seed: int) -> torch.nn.Module:
-    return api.train_model(
-        "denoise",
-        "dncnn",
-        steps=120,
-        size=40,
-        width=16,
-        channels=1,
-        seed=seed,
-        arch_kwargs={"depth": 6},
-        device="cpu",
-        progress=False,
-    ).model
-
-
 @pytest.fixture(scope="module")
-def owner(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def owner(tmp_path_factory: pytest.TempPathFactory, tiny_dncnn) -> dict[str, Path]:
     """An owner's trigger key and protected model, and an independent clean model."""
     folder = tmp_path_factory.mktemp("owner")
     key = folder / "acme.key"
@@ -44,7 +29,7 @@ def owner(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     protected = folder / "protected.safetensors"
     # A tiny, briefly trained host: embed with a larger step and weight than the quick profile.
     api.protect(
-        _dncnn(0),
+        tiny_dncnn(0),
         key,
         out=protected,
         profile="quick",
@@ -52,7 +37,7 @@ def owner(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         progress=False,
         overrides={"lr": 1e-3, "lam": 0.1},
     )
-    clean = save_model(_dncnn(1), folder / "clean.safetensors", task="denoise")
+    clean = save_model(tiny_dncnn(1), folder / "clean.safetensors", task="denoise")
     return {"key": key, "protected": protected, "clean": clean, "folder": folder}
 
 

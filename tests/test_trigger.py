@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixmark.api import train_model
 from pixmark.errors import PixmarkError
 from pixmark.keys import load_key, new_key, save_key
 from pixmark.metrics import ncc
@@ -20,29 +19,14 @@ SECRET = "5e" * 32
 TINY_HOST = {"lr": 1e-3, "lam": 0.1}
 
 
-def _dncnn(seed: int):
-    return train_model(
-        "denoise",
-        "dncnn",
-        steps=120,
-        size=40,
-        width=16,
-        channels=1,
-        seed=seed,
-        arch_kwargs={"depth": 6},
-        device="cpu",
-        progress=False,
-    ).model
+@pytest.fixture(scope="module")
+def host(tiny_dncnn):
+    return tiny_dncnn(0)
 
 
 @pytest.fixture(scope="module")
-def host():
-    return _dncnn(seed=0)
-
-
-@pytest.fixture(scope="module")
-def null_host():
-    return _dncnn(seed=1)
+def null_host(tiny_dncnn):
+    return tiny_dncnn(1)
 
 
 @pytest.fixture(scope="module")

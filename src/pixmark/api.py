@@ -652,23 +652,20 @@ def attack(
                 progress=options.get("progress", True),
                 **http,
             )
-            source = PairsSource(path, size=options.get("size", 64), seed=options.get("seed", 0))
-            result = _call(
-                "surrogate", train_surrogate, None, source, channels=source.channels, **options
-            )
+            teacher = None  # the pairs already hold its answers
+            inputs = PairsSource(path, size=options.get("size", 64), seed=options.get("seed", 0))
+            channels = inputs.channels
         elif callable(model) and not isinstance(model, nn.Module):
             # A black box (e.g. an HTTP service): it knows its channel count, or we are told.
             channels = options.pop("channels", None) or getattr(model, "channels", None) or 3
             teacher = model
+            inputs = attacker_inputs(meta_task, channels, data_source)
         else:
             victim = load_model(model) if not isinstance(model, nn.Module) else model
             options.pop("channels", None)
             teacher, channels = as_query(victim, name="teacher"), model_channels(victim)
-        if pairs is None:
             inputs = attacker_inputs(meta_task, channels, data_source)
-            result = _call(
-                "surrogate", train_surrogate, teacher, inputs, channels=channels, **options
-            )
+        result = _call("surrogate", train_surrogate, teacher, inputs, channels=channels, **options)
     elif kind in attacks.MODEL_ATTACKS:
         victim = load_model(model) if not isinstance(model, nn.Module) else model
         if strength is None:
