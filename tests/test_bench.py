@@ -349,3 +349,52 @@ def test_yaml_config_and_profile_overrides_are_checked(tmp_path):
         run_bench(tmp_path / "missing.yaml", tmp_path / "out", progress=False)
     with pytest.raises(PixmarkError, match="workers"):
         run_bench(path, tmp_path / "out", workers=0, progress=False)
+
+
+def test_config_profiles_and_named_attacks(tmp_path):
+    """A config's profiles overlay its settings; one attack kind can appear under several names."""
+    path = tmp_path / "paper_table.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            name: table
+            tasks: {denoise: {steps: 50, width: 8}}
+            schemes:
+              trigger: {}
+              trigger-small: {scheme: trigger, keygen: {size: 20}}
+            attacks:
+              none: [null]
+              sur-unet: {kind: surrogate, strengths: [20], options: {arch: unet}}
+              sur-dncnn: {kind: surrogate, strengths: [20], options: {arch: dncnn}}
+            profiles:
+              quick: {seeds: [0]}
+              paper: {seeds: [0, 1, 2], tasks: {denoise: {steps: 5000}}, device: cuda}
+            """
+        ),
+        encoding="utf-8",
+    )
+    plain = load_config(path)
+    paper = load_config(path, "paper")
+    assert plain["name"] == "table" and plain["seeds"] == [0]
+    assert paper["name"] == "table-paper" and paper["seeds"] == [0, 1, 2]
+    assert paper["device"] == "cuda"
+    # mappings merge key by key: the profile's steps replace, the base's width stays
+    assert paper["tasks"]["denoise"]["steps"] == 5000 and paper["tasks"]["denoise"]["width"] == 8
+    builds, cells = plan(plain)
+    labels = sorted(job.spec["attack"] for job in cells if job.spec["scheme"] == "trigger")
+    assert labels == ["none", "sur-dncnn", "sur-unet"]
+    assert {job.spec["kind"] for job in cells} == {"none", "surrogate"}
+    assert len({job.name for job in cells}) == 6  # distinct cell ids, 3 per scheme line
+    # a named scheme line protects with its own settings, into its own folder
+    protects = {j.name: j.spec for j in builds if j.kind == "protect"}
+    small = protects["protect trigger-small denoise seed 0"]
+    assert small["settings"]["scheme"] == "trigger" and small["settings"]["keygen"] == {"size": 20}
+    assert small["dir"] != protects["protect trigger denoise seed 0"]["dir"]
+    with pytest.raises(PixmarkError, match="no profile 'gpu'; it defines: quick, paper"):
+        load_config(path, "gpu")
+    with pytest.raises(PixmarkError, match="no profile 'quick'; it defines: none"):
+        load_config(TINY, "quick")
+    bad = json.loads(json.dumps(TINY))
+    bad["attacks"] = {"x": {"kind": "surrogate", "strenghts": [1]}}
+    with pytest.raises(PixmarkError, match="attack x has unknown setting"):
+        load_config(bad)

@@ -386,6 +386,9 @@ def bench(
     config: Annotated[Path, typer.Argument(help="Benchmark grid (YAML).")],
     out: Annotated[Path, typer.Option(help="Folder for results.jsonl and the report.")],
     workers: Annotated[int, typer.Option(help="Cells run in parallel processes.")] = 1,
+    profile: Annotated[
+        str | None, typer.Option(help="One of the config's profiles (quick, cpu, paper).")
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     report_only: Annotated[
         bool, typer.Option("--report-only", help="Rebuild the report from results.")
@@ -397,7 +400,7 @@ def bench(
     if report_only:
         report = write_bench_report(out)
     else:
-        report = run_bench(config, out, workers=workers, progress=not no_progress)
+        report = run_bench(config, out, workers=workers, progress=not no_progress, profile=profile)
     console.print(f"report -> {report}")
 
 

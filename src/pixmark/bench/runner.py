@@ -74,6 +74,7 @@ _CONFIG_KEYS = {
     "fidelity",
     "verify_with_nulls",
     "owner",
+    "profiles",
 }
 
 
@@ -82,11 +83,20 @@ _CONFIG_KEYS = {
 
 @dataclass(frozen=True)
 class Attack:
-    """One attack line of the grid: a kind, its strengths and fixed options."""
+    """One attack line of the grid: a kind, its strengths and fixed options.
+
+    ``name`` labels the line in results and reports (default: the kind), so one kind can
+    appear several times with different options (e.g. surrogates of several architectures).
+    """
 
     kind: str
     strengths: tuple[Any, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
 
     @property
     def level(self) -> str:
@@ -113,8 +123,26 @@ def attack_level(kind: str) -> str:
     )
 
 
-def load_config(config: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and normalise a bench config (a dict, or a YAML file)."""
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` on top: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(
+    config: dict[str, Any] | str | os.PathLike[str], profile: str | None = None
+) -> dict[str, Any]:
+    """Read and normalise a bench config (a dict, or a YAML file).
+
+    A config may define ``profiles``: named overlays (e.g. ``quick``, ``cpu``, ``paper``)
+    merged over its top-level settings; ``profile`` picks one, and the run's name gets the
+    profile as a suffix. Without ``profile`` the top-level settings run as written.
+    """
     if isinstance(config, dict):
         raw = copy.deepcopy(config)
         where = "the bench config"
@@ -130,6 +158,17 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str]) -> dict[str, An
         if not isinstance(raw, dict):
             raise PixmarkError(f"bench config {path} must be a YAML mapping")
         raw.setdefault("name", path.stem)
+    profiles = raw.pop("profiles", None) or {}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise PixmarkError(f"{where}: profiles must map a name to a mapping of settings")
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(profiles) or "none"
+            raise PixmarkError(f"{where} has no profile {profile!r}; it defines: {known}")
+        if "profiles" in profiles[profile]:
+            raise PixmarkError(f"{where}: profile {profile!r} cannot define profiles")
+        raw = _merge(raw, profiles[profile])
+        raw["name"] = f"{raw.get('name', 'bench')}-{profile}"
     unknown = sorted(set(raw) - _CONFIG_KEYS)
     if unknown:
         raise PixmarkError(
@@ -175,13 +214,16 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str]) -> dict[str, An
         raise PixmarkError(f"{where}: schemes must name at least one of {', '.join(SCHEMES)}")
     cfg["schemes"] = {}
     for name, spec in schemes.items():
-        if name not in SCHEMES:
-            raise PixmarkError(
-                f"{where}: unknown scheme {name!r}; choose from {', '.join(SCHEMES)}"
-            )
+        # A scheme line may carry its own name: {output-no-stage2: {scheme: output, ...}}
         spec = dict(spec or {})
+        spec["scheme"] = str(spec.get("scheme", name))
+        if spec["scheme"] not in SCHEMES:
+            raise PixmarkError(
+                f"{where}: unknown scheme {spec['scheme']!r}; choose from {', '.join(SCHEMES)}"
+            )
         bad = sorted(
-            set(spec) - {"keygen", "protect", "profile", "profile_overrides", "tasks", "verify"}
+            set(spec)
+            - {"scheme", "keygen", "protect", "profile", "profile_overrides", "tasks", "verify"}
         )
         if bad:
             raise PixmarkError(f"{where}: scheme {name} has unknown setting(s) {', '.join(bad)}")
@@ -193,15 +235,21 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str]) -> dict[str, An
 
     attacks = raw.get("attacks", {CLEAN: [None]})
     cfg["attacks"] = []
-    for kind, spec in (attacks or {}).items():
+    for name, spec in (attacks or {}).items():
+        kind = name
         if isinstance(spec, dict):
+            bad = sorted(set(spec) - {"kind", "strengths", "options"})
+            if bad:
+                raise PixmarkError(f"{where}: attack {name} has unknown setting(s) {bad}")
+            kind = str(spec.get("kind", name))
             strengths, options = spec.get("strengths", [None]), dict(spec.get("options") or {})
         else:
             strengths, options = spec, {}
         if not isinstance(strengths, list):
             strengths = [strengths]
         attack_level(kind)
-        cfg["attacks"].append(Attack(kind, tuple(strengths), options))
+        label = name if name != kind else ""
+        cfg["attacks"].append(Attack(kind, tuple(strengths), options, label))
 
     nulls = raw.get("nulls", 0)
     if isinstance(nulls, int):
@@ -298,11 +346,11 @@ def _null_spec(cfg: dict[str, Any], task: str, index: int) -> dict[str, Any]:
     }
 
 
-def _protect_spec(cfg: dict[str, Any], scheme: str, task: str, seed: int) -> dict[str, Any]:
-    s = cfg["schemes"][scheme]
+def _protect_spec(cfg: dict[str, Any], name: str, task: str, seed: int) -> dict[str, Any]:
+    s = cfg["schemes"][name]
     target = _target_spec(cfg, task, seed)
     settings = {
-        "scheme": scheme,
+        "scheme": s["scheme"],
         "task": task,
         "seed": seed,
         "owner": cfg["owner"],
@@ -316,7 +364,7 @@ def _protect_spec(cfg: dict[str, Any], scheme: str, task: str, seed: int) -> dic
     return {
         "settings": settings,
         "target_dir": target["dir"],
-        "dir": f"cache/protected/{scheme}-{task}-seed{seed}-{_fingerprint(settings)}",
+        "dir": f"cache/protected/{name}-{task}-seed{seed}-{_fingerprint(settings)}",
     }
 
 
@@ -360,9 +408,9 @@ def plan(cfg: dict[str, Any]) -> tuple[list[Job], list[Job]]:
                 needs = (prot_job, *(f"null {task} {ns['name']}" for ns in null_specs[task]))
                 for attack in cfg["attacks"]:
                     for strength in attack.strengths:
-                        cells.append(_cell(base, attack.kind, strength, attack.options, needs))
+                        cells.append(_cell(base, attack, strength, needs))
                 for ns in null_specs[task]:
-                    cell = _cell(base, NULL, ns["name"], {}, needs)
+                    cell = _cell(base, Attack(NULL, ()), ns["name"], needs)
                     cell.spec["null_dir"] = ns["dir"]
                     # A null model is not checked against itself.
                     cell.spec["null_dirs"] = [d for d in base["null_dirs"] if d != ns["dir"]]
@@ -370,22 +418,30 @@ def plan(cfg: dict[str, Any]) -> tuple[list[Job], list[Job]]:
     return builds, cells
 
 
-def _cell(
-    base: dict[str, Any], kind: str, strength: Any, options: dict[str, Any], needs: tuple[str, ...]
-) -> Job:
+def _cell(base: dict[str, Any], attack: Attack, strength: Any, needs: tuple[str, ...]) -> Job:
     identity = {
         "protected": base["protected_dir"],
-        "attack": kind,
+        "attack": attack.kind,
         "strength": strength,
-        "options": options,
+        "options": attack.options,
         "nulls": base["null_dirs"],
         "verify": base["verify"],
     }
+    if attack.name:
+        identity["name"] = attack.name
+    label = attack.label
     readable = (
-        f"{base['scheme']}/{base['task']}/seed{base['seed']}/{kind}@{_strength_text(strength)}"
+        f"{base['scheme']}/{base['task']}/seed{base['seed']}/{label}@{_strength_text(strength)}"
     )
     cell_id = f"{readable}#{_fingerprint(identity)}"
-    spec = {**base, "attack": kind, "strength": strength, "options": options, "cell_id": cell_id}
+    spec = {
+        **base,
+        "attack": label,
+        "kind": attack.kind,
+        "strength": strength,
+        "options": attack.options,
+        "cell_id": cell_id,
+    }
     return Job("cell", cell_id, spec, after=needs)
 
 
@@ -720,7 +776,7 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         raise PixmarkError(f"{prot_dir} is not built; the protect job must run first")
     key = load_key(prot_dir / "key.safetensors")
     protected = load_model(prot_dir / "protected.safetensors")
-    kind, strength, options = spec["attack"], spec["strength"], dict(spec["options"])
+    kind, strength, options = spec["kind"], spec["strength"], dict(spec["options"])
     level = attack_level(kind)
     seed = int(spec["seed"])
     torch.manual_seed(seed)
@@ -769,7 +825,8 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         "scheme": spec["scheme"],
         "task": spec["task"],
         "seed": seed,
-        "attack": kind,
+        "attack": spec["attack"],
+        "kind": kind,
         "level": level,
         "strength": strength,
         "decision": verdict.decision,
@@ -834,7 +891,8 @@ def execute(
                 "task": spec["task"],
                 "seed": spec["seed"],
                 "attack": spec["attack"],
-                "level": attack_level(spec["attack"]),
+                "kind": spec["kind"],
+                "level": attack_level(spec["kind"]),
                 "strength": spec["strength"],
                 "decision": "error",
                 "error": f"{type(exc).__name__}: {first}",
@@ -853,6 +911,7 @@ def run_bench(
     workers: int = 1,
     progress: bool = True,
     report: bool = True,
+    profile: str | None = None,
 ) -> Path:
     """Run the benchmark grid of ``config`` into ``out_dir``; return the report path.
 
@@ -860,13 +919,14 @@ def run_bench(
     targets, null models, keys and protected models are reused from ``out_dir/cache``.
     ``workers > 1`` runs independent jobs in that many spawned processes. Writes
     ``results.jsonl``, ``config.json`` (the normalised config), ``report.html`` and
-    ``report.md``; returns the path of ``report.html``.
+    ``report.md``; returns the path of ``report.html``. ``profile`` picks one of the
+    config's ``profiles`` (see :func:`load_config`).
     """
     from pixmark import __version__
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise PixmarkError(f"workers must be a positive integer, got {workers!r}")
-    cfg = load_config(config)
+    cfg = load_config(config, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     builds, cells = plan(cfg)
