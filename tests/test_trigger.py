@@ -200,3 +200,35 @@ def test_unprotected_key_and_channel_mismatch_are_clear_errors(host):
         trigger.protect(host, trigger.keygen("ACME Imaging", channels=3), progress=False)
     with pytest.raises(PixmarkError, match="unknown profile entries"):
         trigger.protect(host, trigger.keygen("ACME Imaging"), overrides={"lambda": 1.0})
+
+
+# --------------------------------------------------------------------------- Base-2 baseline
+
+
+def test_base2_label_backdoor_matches_only_the_marked_host(host, null_host, tmp_path):
+    """The paper's Base-2 (random projection + softmax, 40 triggers, 256 classes)."""
+    from pixmark.baselines import label_trigger as base2
+
+    key = base2.keygen("ACME Imaging", channels=1, secret=SECRET)
+    assert key.tensor("triggers").shape == (40, 1, 40, 40)
+    assert torch.equal(
+        key.tensor("labels"), base2.keygen("ACME Imaging", secret=SECRET).tensor("labels")
+    )
+    result = base2.protect(host, key, task="denoise", device="cpu")
+    assert result.report["hits"] == 40
+    save_key(result.key, tmp_path / "b2.key")
+    key = load_key(tmp_path / "b2.key")
+    v = base2.verify(as_query(result.model), key)
+    assert v.decision == "match" and v.p_value < 1e-50 and v.statistic == 1.0
+    for clean in (host, null_host):
+        v = base2.verify(as_query(clean), key)
+        assert v.decision == "no match" and v.statistic <= v.threshold
+    other = base2.keygen("Globex", channels=1)
+    assert base2.verify(as_query(result.model), other).decision == "no match"
+    with pytest.raises(PixmarkError, match="not a 'trigger-base2'"):
+        base2.verify(as_query(host), trigger.keygen("ACME Imaging", secret=SECRET))
+    with pytest.raises(PixmarkError, match="trigger size"):
+        base2.keygen("ACME Imaging", size=4)
+    rgb = base2.keygen("ACME Imaging", channels=3)
+    with pytest.raises(PixmarkError, match="3"):
+        base2.verify(as_query(host), rgb)

@@ -1,5 +1,8 @@
 """Baselines of the ``output`` scheme (Zhang et al., AAAI 2020): why a learned mark is needed.
 
+(``label_trigger`` is another kind: the ``trigger`` scheme's Base-2 of Quan et al., a label
+backdoor through a fixed random projection; see its module docstring.)
+
 The paper compares its learned H/R watermark with classical image watermarks put in the
 same place (every output of the protected model is marked before it is shown):
 

@@ -85,6 +85,9 @@ class Profile:
     extract: float = 1.0  # λ
     warmup: float = 0.2  # fraction of stage 1 with the fidelity weight held at 1
     carrier: float = 0.03  # amplitude of the keyed carrier H is started on (see protect)
+    # stage 2: (architecture, loss) of each surrogate of the watermarked model; the clean
+    # model gets one UNet L2 surrogate (the negatives)
+    stage2: tuple[tuple[str, str], ...] = (("unet", "l2"),)
 
 
 PROFILES: dict[str, Profile] = {
@@ -100,12 +103,14 @@ PROFILES: dict[str, Profile] = {
         size=96, batch=8, pool=1024, steps=4000, surrogate_steps=2500, finetune_steps=1500,
         h_width=32, h_depth=4, r_width=48, r_blocks=9, d_width=32, d_layers=3,
         surrogate_width=32, lr=5e-4, beta1=0.5, target_psnr=38.0, n_queries=64,
+        stage2=(("unet", "l2"), ("resnet9", "l1")),
     ),
     # The paper: 256 × 256, batch 16, Adam 2e-4 (β1 0.5), 200 epochs of 6000 images.
     "paper": Profile(
         size=256, batch=16, pool=6000, steps=75000, surrogate_steps=75000,
         finetune_steps=20000, h_width=64, h_depth=7, r_width=128, r_blocks=9, d_width=64,
         d_layers=3, surrogate_width=64, lr=2e-4, beta1=0.5, target_psnr=40.0, n_queries=100,
+        stage2=(("unet", "l2"), ("resnet9", "l1"), ("ceilnet", "perceptual")),
     ),
 }  # fmt: skip
 
@@ -454,8 +459,11 @@ def protect(
     """Protect ``model`` (M, left untouched) by hiding the key's logo in all its outputs.
 
     Stage 1 trains H, R, D on (A, B = M(A)) crops of the task's real training images;
-    stage 2 trains a UNet L2 surrogate on (A, H(B)) and one on (A, B), then fine-tunes R
-    to find the logo in the first one's outputs and a blank in the second one's.
+    stage 2 trains surrogates on (A, H(B)) (the profile's ``stage2`` list of architecture
+    and loss; quick: one UNet L2, cpu: + ResNet-9 L1, paper: + CEILNet perceptual) and a
+    UNet L2 one on (A, B), then fine-tunes R to find the logo in the first ones' outputs
+    and a blank in the last one's. ResNet-16 is never used here, so benchmarks can test a
+    surrogate architecture stage 2 never saw.
 
     Args:
         model: the image-to-image model to protect ([N, C, H, W] in [0, 1] -> same).
@@ -594,17 +602,22 @@ def protect(
         return hook
 
     surrogates: dict[str, nn.Module] = {}
-    for kind, teacher in (("wm", wm), ("clean", model)):
+    # The first watermarked surrogate keeps the names (seed, checkpoint) of the single one
+    # earlier versions trained, so their training states still resume.
+    plan = [(f"wm{i}" if i else "wm", wm, arch, loss) for i, (arch, loss) in enumerate(prof.stage2)]
+    plan.append(("clean", model, "unet", "l2"))
+    for name, teacher, arch, loss in plan:
+        kind = "clean" if name == "clean" else "wm"
         sm_sampler = PairSampler(train_imgs, spec, prof.size, channels,
-                                 seed=key.seed(f"surrogate-{kind}") % 2**31)  # fmt: skip
-        surrogates[kind] = train_surrogate(
-            as_query(teacher), sm_sampler, arch="unet", loss="l2", steps=prof.surrogate_steps,
+                                 seed=key.seed(f"surrogate-{name}") % 2**31)  # fmt: skip
+        surrogates[name] = train_surrogate(
+            as_query(teacher), sm_sampler, arch=arch, loss=loss, steps=prof.surrogate_steps,
             size=prof.size, width=prof.surrogate_width, batch_size=prof.batch, lr=prof.lr,
             channels=channels, seed=key.seed("surrogate") % 2**31, device=dev_spec,
-            progress=progress, checkpoint=_ckpt(checkpoint, f"surrogate-{kind}"),
+            progress=progress, checkpoint=_ckpt(checkpoint, f"surrogate-{name}"),
             resume=resume, on_step=snapshot(kind),
         )  # fmt: skip
-        snaps[kind].append(_apply(surrogates[kind], snap_inputs, dev))
+        snaps[kind].append(_apply(surrogates[name], snap_inputs, dev))
     pos_pool = torch.cat(snaps["wm"])
     neg_pool = torch.cat(snaps["clean"])
     bwm_pool = _embed_all(wm, b_pool, dev)

@@ -556,7 +556,7 @@ def _model_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _freeze_norm_statistics(model: nn.Module) -> None:
+def freeze_norm_statistics(model: nn.Module) -> None:
     """Train mode, but batch norm keeps its running statistics (train = eval behaviour)."""
     model.train()
     for module in model.modules():
@@ -608,7 +608,7 @@ def _finetune(
     def step_fn(step: int) -> dict[str, float]:
         if state.done_at is not None:
             return {"done": 1.0}
-        _freeze_norm_statistics(model)
+        freeze_norm_statistics(model)
         x, y = sampler.batch(prof["batch_size"])
         x, y = x.to(dev.torch), y.to(dev.torch)
         with dev.autocast():
