@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import finetune, prune, psnr_on_test  # noqa: E402
+from run import dncnn, finetune, prune, psnr_on_test  # noqa: E402
 
-from pixmark.api import train_model  # noqa: E402
 from pixmark.baselines import label_trigger as base2  # noqa: E402
 from pixmark.nets import pretrained_ffdnet  # noqa: E402
 from pixmark.schemes.base import as_query  # noqa: E402
@@ -44,13 +43,8 @@ def main() -> None:
     results: dict = {"args": vars(args), "device": "cpu", "torch_threads": args.threads}
     t0 = time.perf_counter()
 
-    def dncnn(seed: int) -> nn.Module:
-        return train_model("denoise", "dncnn", steps=args.host_steps, size=40, width=32,
-                           channels=1, seed=seed, arch_kwargs={"depth": 8}, device="cpu",
-                           progress=False).model  # fmt: skip
-
-    host = pretrained_ffdnet(channels=1) if args.host == "ffdnet" else dncnn(0)
-    nulls = [dncnn(100 + i) for i in range(args.nulls)]
+    host = pretrained_ffdnet(channels=1) if args.host == "ffdnet" else dncnn(0, args.host_steps)
+    nulls = [dncnn(100 + i, args.host_steps) for i in range(args.nulls)]
     overrides = {k: v for k, v in (("lr", args.lr), ("lam", args.lam)) if v is not None}
     key = base2.keygen("ACME Imaging", channels=1, secret="5e" * 32)
     t = time.perf_counter()

@@ -53,6 +53,22 @@ def finetune(model: nn.Module, steps: int, seed: int, task: str = "denoise") -> 
     return tuned.eval()
 
 
+def dncnn(seed: int, steps: int) -> nn.Module:
+    """The benchmark's small host and null models: gray DnCNN, depth 8, width 32, 40 px."""
+    return train_model(
+        "denoise",
+        "dncnn",
+        steps=steps,
+        size=40,
+        width=32,
+        channels=1,
+        seed=seed,
+        arch_kwargs={"depth": 8},
+        device="cpu",
+        progress=False,
+    ).model
+
+
 def psnr_on_test(model: nn.Module, channels: int) -> float:
     from pixmark.metrics import psnr
 
@@ -83,22 +99,8 @@ def main() -> None:
     results: dict = {"args": vars(args), "device": "cpu", "torch_threads": args.threads}
     t0 = time.perf_counter()
 
-    def dncnn(seed: int) -> nn.Module:
-        return train_model(
-            "denoise",
-            "dncnn",
-            steps=args.host_steps,
-            size=40,
-            width=32,
-            channels=1,
-            seed=seed,
-            arch_kwargs={"depth": 8},
-            device="cpu",
-            progress=False,
-        ).model
-
-    host = pretrained_ffdnet(channels=1) if args.host == "ffdnet" else dncnn(0)
-    nulls = [dncnn(100 + i) for i in range(args.nulls)]
+    host = pretrained_ffdnet(channels=1) if args.host == "ffdnet" else dncnn(0, args.host_steps)
+    nulls = [dncnn(100 + i, args.host_steps) for i in range(args.nulls)]
     results["host_psnr"] = psnr_on_test(host, 1)
     results["null_psnr"] = [psnr_on_test(m, 1) for m in nulls]
 

@@ -185,15 +185,16 @@ def protect(
     if profile not in PROFILES:
         raise PixmarkError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     prof = {**PROFILES[profile], **(overrides or {})}
+    from pixmark.api import task_splits
+
     task = task or p["task"]
-    spec = pdata.task(task)
     config = getattr(model, "config", {}) or {}
     if config.get("channels", p["channels"]) != p["channels"]:
         raise PixmarkError(
             f"the model takes {config['channels']}-channel images but the key's triggers "
             f"have {p['channels']}"
         )
-    splits = pdata.split_images(pdata.images(spec.source, channels=p["channels"]), seed=0)
+    spec, _, splits = task_splits(task, p["channels"])
     train = [img for _, img in splits["train"]]
     test = pdata.fixed_pairs([img for _, img in splits["test"]], spec, prof["eval_size"],
                              prof["eval_count"], seed=2, channels=p["channels"])  # fmt: skip
