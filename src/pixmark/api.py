@@ -171,6 +171,7 @@ def apply_model(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> 
 SCHEMES: dict[str, str] = {
     "output": "pixmark.schemes.output",
     "trigger": "pixmark.schemes.trigger",
+    "keyed": "pixmark.schemes.keyed",
 }
 
 
@@ -207,8 +208,8 @@ def keygen(
     """Make a new secret key of ``scheme`` for ``owner``; save it to ``out`` if given.
 
     Options are the scheme's (``logo``, ``size``, ``channels`` for ``output``; ``size``,
-    ``task``, ``channels``, ``design``, ``count`` for ``trigger``). A key file is never
-    overwritten unless ``force``.
+    ``task``, ``channels``, ``design``, ``count`` for ``trigger``; ``watermark``,
+    ``channels``, ``bits`` for ``keyed``). A key file is never overwritten unless ``force``.
     """
     module = scheme_module(scheme)
     if out is not None:

@@ -132,6 +132,10 @@ def keygen(
     task: Annotated[str | None, typer.Option(help="trigger: the host's task.")] = None,
     design: Annotated[str | None, typer.Option(help="trigger: sobel or gradient.")] = None,
     count: Annotated[int | None, typer.Option(help="trigger: triggers per key.")] = None,
+    watermark: Annotated[
+        str | None, typer.Option(help="keyed: 'binary' (QR code) or a colour logo image.")
+    ] = None,
+    bits: Annotated[int | None, typer.Option(help="keyed: key bits (paper 1024).")] = None,
     force: Force = False,
 ) -> None:
     """Make a new secret key (never overwrites an existing key without --force)."""
@@ -142,7 +146,16 @@ def keygen(
         owner,
         out=out,
         force=force,
-        **_options(logo=logo, size=size, channels=channels, task=task, design=design, count=count),
+        **_options(
+            logo=logo,
+            size=size,
+            channels=channels,
+            task=task,
+            design=design,
+            count=count,
+            watermark=watermark,
+            bits=bits,
+        ),
     )
     console.print(f"{scheme} key for {key.owner!r} -> {out} (commitment {key.commitment[:16]}…)")
 
@@ -158,6 +171,9 @@ def protect(
     device: Device = "auto",
     key_out: Annotated[Path | None, typer.Option(help="Write the updated key here.")] = None,
     vgg16_weights: Annotated[Path | None, typer.Option(help="output: VGG-16 weights.")] = None,
+    robust: Annotated[
+        bool, typer.Option(help="keyed: also train on cropped, noisy and JPEG outputs.")
+    ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     force: Force = False,
 ) -> None:
@@ -177,6 +193,7 @@ def protect(
             profile=profile,
             device=device,
             vgg16_weights=vgg16_weights,
+            robust=robust or None,
             checkpoint=checkpoint,
             resume=resume or None,
         ),

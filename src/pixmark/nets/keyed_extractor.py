@@ -53,6 +53,16 @@ LAYOUTS = ("parity", "blocks")
 GATE_BIAS = -1.0
 
 
+#: Gain of the high-pass residual channels E_A also sees (``highpass=True``).
+HIGHPASS_GAIN = 10.0
+
+
+def highpass_residual(images: Tensor) -> Tensor:
+    """images - their 3x3 box blur (reflect padding): the detail a faint mark lives in."""
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    return images - blurred
+
+
 class InceptionResidual(nn.Module):
     """1×1, 3×3 and 5×5 branches, concatenated, projected by 1×1 and added to the input."""
 
@@ -111,6 +121,7 @@ class KeyedExtractor(nn.Module):
         layout_seed: int = 0,
         fold: int = 1,
         hidden_b: int = 64,
+        highpass: bool = False,
     ) -> None:
         super().__init__()
         check_channels("keyed_extractor", "channels", channels)
@@ -159,6 +170,7 @@ class KeyedExtractor(nn.Module):
             "layout_seed": layout_seed,
             "fold": fold,
             "hidden_b": hidden_b,
+            "highpass": bool(highpass),
         }
         self.wm_size, self.block, self.key_bits = wm_size, block, key_bits
         self.cells_side = wm_size // block
@@ -174,8 +186,9 @@ class KeyedExtractor(nn.Module):
             )
             self.register_buffer("table", table, persistent=False)
         self.channels = channels
+        self.highpass = bool(highpass)
         self.e_a = nn.Sequential(
-            nn.Conv2d(channels, width_a, 3, 1, 1),
+            nn.Conv2d(channels * (2 if highpass else 1), width_a, 3, 1, 1),
             nn.ReLU(inplace=True),
             InceptionResidual(width_a),
             InceptionResidual(width_a),
@@ -263,15 +276,22 @@ class KeyedExtractor(nn.Module):
             raise PixmarkError(
                 f"the extractor takes [N, {self.channels}, H, W] images, got {tuple(images.shape)}"
             )
-        return self._fold(self.e_a(images * 2 - 1))
+        x = images * 2 - 1
+        if self.highpass:
+            x = torch.cat([x, HIGHPASS_GAIN * highpass_residual(images)], dim=1)
+        return self._fold(self.e_a(x))
 
     def decode(self, features: Tensor, bits: Tensor) -> Tensor:
         """E_C(features ⊕ E_B(key)): key bits [B or 1, key_bits] -> [B, c, h, w] in [-1, 1]."""
         key = self.e_b(bits.to(features.device))
         if len(key) == 1 and len(features) > 1:
             key = key.expand(len(features), -1, -1, -1)
-        gate = torch.sigmoid(self.gate(features).mean(dim=(2, 3), keepdim=True))
+        gate = torch.sigmoid(self.gate_logit(features)[:, None, None, None])
         return torch.tanh(self.e_c(torch.cat([features, key], dim=1))) * gate
+
+    def gate_logit(self, features: Tensor) -> Tensor:
+        """The gate's logit per image [B]: "was this image made by the host?" (> 0: yes)."""
+        return self.gate(features).mean(dim=(1, 2, 3))
 
     def forward(self, images: Tensor, bits: Tensor) -> Tensor:
         """Images [B, C, H, W] in [0, 1] and key bits [B or 1, key_bits] -> [B, c, h, w].
