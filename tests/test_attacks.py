@@ -513,8 +513,6 @@ def test_overwrite_bad_inputs() -> None:
 
     model = nets.create("dncnn", channels=1, depth=3, width=4)
     with pytest.raises(PixmarkError, match="scheme"):
-        overwrite(model, "keyed", task="denoise")
-    with pytest.raises(PixmarkError, match="scheme"):
         overwrite(model, "visible", task="denoise")
     with pytest.raises(PixmarkError, match="profile"):
         overwrite(model, "trigger", task="denoise", profile="huge")

@@ -274,7 +274,7 @@ def test_removal_attacks_via_cli_save_loadable_models(
     assert code == 2 and "--scheme" in output
     code, output = _cli(
         ["attack", "overwrite", "--model", str(model_path), "--task", "denoise", "--scheme",
-         "keyed", "--out", str(tmp_path / "ow.safetensors")],
+         "visible", "--out", str(tmp_path / "ow.safetensors")],
         capsys,
     )  # fmt: skip
     assert code == 2 and "scheme" in output
