@@ -453,6 +453,20 @@ def _attempt_path(checkpoint: str | Path | None, attempt: int) -> Path | None:
     return path.with_name(f"{path.name}.try{attempt}")
 
 
+def _other_models(outputs: Tensor, inputs: Tensor, generator: torch.Generator) -> Tensor:
+    """Stand-ins for other models' answers, [N, C, H, W] in [0, 1]: half of the unmarked
+    ``outputs`` moved a fraction U(0.1, 0.9) of the way to the degraded ``inputs``, half
+    with Gaussian noise of sigma U(0.005, 0.05) added."""
+    n = len(outputs)
+    t = (0.1 + 0.8 * torch.rand(n, 1, 1, 1, generator=generator)).to(outputs.device)
+    sigma = (0.005 + 0.045 * torch.rand(n, 1, 1, 1, generator=generator)).to(outputs.device)
+    noise = torch.randn(outputs.shape, generator=generator).to(outputs.device)
+    toward = outputs + t * (inputs - outputs)
+    noisy = outputs + sigma * noise
+    pick = (torch.arange(n, device=outputs.device) % 2 == 0).view(n, 1, 1, 1)
+    return torch.where(pick, toward, noisy)
+
+
 def _seed(key: Key, name: str, attempt: int) -> int:
     """The key's seed for ``name`` in training attempt ``attempt`` (0: the plain stream)."""
     return key.seed(name if attempt == 0 else f"{name}-{attempt}") % 2**31
@@ -589,6 +603,11 @@ def protect(
             # bs positives; bs + bs // 2 negatives: half clean targets / degraded inputs, then
             # M0's outputs on the first half of the batch and S's on the second half.
             clean = torch.cat([torch.cat([y[::2], x[1::2]])[:half], before, twin.detach()[half:]])
+            # + "other models": S's outputs moved a random way towards the degraded input
+            # (what a weaker or differently trained model of the task answers) or with
+            # noise of a random level added, so that E keys on the mark, not on how much
+            # detail or noise an output has (without them, weak independent models verified).
+            clean = torch.cat([clean, _other_models(twin.detach(), x, rng.generator)])
             clean = clean.clamp(0, 1)
             if robust:
                 marked = distort(marked, rng.generator)
