@@ -301,10 +301,12 @@ def test_embedding_check_and_attempt_files():
     assert keyed._attempt_path("run/p.state", 2).name == "p.state.try2"
 
 
-def test_protect_rejects_a_bad_attempt_count(host):
+def test_protect_rejects_bad_attempts_and_overrides(host):
     key = keyed.keygen("ACME Imaging", channels=1, secret=SECRET)
     with pytest.raises(PixmarkError, match="attempts"):
         keyed.protect(host, key, task=TASK, attempts=0, progress=False)
+    with pytest.raises(PixmarkError, match="unknown profile entries"):
+        keyed.protect(host, key, task=TASK, overrides={"stpes": 10}, progress=False)
 
 
 @pytest.mark.slow
@@ -348,3 +350,19 @@ def test_cli_verifies_the_protected_file_and_refuses_the_original(host, protecte
     # (the console script turns this PixmarkError into one line and exit 2)
     assert isinstance(again.exception, PixmarkError) and "--force" in str(again.exception)
     assert keyed.load(tmp_path / "k.key").params["bits"] == 512  # untouched
+
+
+@pytest.mark.slow
+def test_served_protected_host_verifies_by_url_and_the_original_does_not(host, protected, tmp_path):
+    """Black-box verification: the suspect is only reachable over HTTP (8-bit PNG answers)."""
+    from pixmark.checkpoint import save_model
+    from pixmark.serve import running
+
+    key = Path(protected.report["key_path"])
+    with running(protected.report["model_path"]) as url:
+        verdict = api.verify(f"{url}/v1/process", key)
+        assert verdict.decision == "match", verdict.summary()
+        assert verdict.details["qr_matches_owner"]
+    original = save_model(host, tmp_path / "original.safetensors", task=TASK)
+    with running(original) as url:
+        assert api.verify(f"{url}/v1/process", key).decision == "no match"

@@ -108,6 +108,7 @@ def score(query: Any, key: Any) -> dict[str, Any]:
 
 def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
+    from pixmark.errors import PixmarkError
     from pixmark.schemes import keyed
     from pixmark.schemes.base import as_query
 
@@ -126,9 +127,20 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
         secret = hashlib.sha256(f"pixmark keyed bench {task} {args.seed}".encode()).hexdigest()
         key = keyed.keygen(args.owner, watermark=watermark, channels=args.channels, secret=secret)
         t0 = time.perf_counter()
-        result = keyed.protect(
-            host, key, task=task, profile=args.profile, robust=robust, device="cpu", progress=False
-        )
+        try:
+            result = keyed.protect(
+                host,
+                key,
+                task=task,
+                profile=args.profile,
+                robust=robust,
+                attempts=args.attempts,
+                device="cpu",
+                progress=False,
+            )
+        except PixmarkError as exc:  # the mark did not take: a result worth recording
+            rows.append({"task": task, "robust": robust, "failed": str(exc)})
+            continue
         protect_s = time.perf_counter() - t0
         key, model = result.key, result.model
         query = as_query(model)
@@ -165,6 +177,7 @@ def main() -> None:
     parser.add_argument("--watermark", choices=["binary", "color"], default="binary")
     parser.add_argument("--robust", action="store_true", help="also protect with robust=True")
     parser.add_argument("--nulls", type=int, default=3)
+    parser.add_argument("--attempts", type=int, default=2, help="keyed.protect attempts")
     parser.add_argument("--host-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--owner", default="ACME Imaging")
@@ -189,6 +202,9 @@ def main() -> None:
     tmp.replace(out / "results.json")
     for task in results:
         for row in task["rows"]:
+            if "failed" in row:
+                print(f"{row['task']:>8} robust={row['robust']!s:5} FAILED: {row['failed']}")
+                continue
             p, r = row["protected"], row["report"]
             print(
                 f"{row['task']:>8} robust={row['robust']!s:5} protected {p['decision']} "

@@ -47,6 +47,20 @@ def check_profile(profile: str) -> str:
     return profile
 
 
+def profile_settings(
+    table: dict[str, dict[str, Any]], profile: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A copy of ``table[profile]`` with ``overrides`` applied; unknown entries are an error."""
+    settings = dict(table[check_profile(profile)])
+    unknown = sorted(set(overrides or {}) - set(settings))
+    if unknown:
+        raise PixmarkError(
+            f"unknown profile entries {', '.join(unknown)}; use {', '.join(settings)}"
+        )
+    settings.update(overrides or {})
+    return settings
+
+
 def as_query(model: nn.Module, batch_size: int = 8, name: str = "suspect") -> Query:
     """Wrap a local model as a :data:`Query` (no grad, batched, outputs clamped to [0, 1])."""
     model.eval()

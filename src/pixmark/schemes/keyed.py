@@ -87,7 +87,7 @@ from torch import Tensor, nn
 from pixmark.errors import PixmarkError
 from pixmark.keys import Key, load_key, new_key
 from pixmark.nets.keyed_extractor import KeyedExtractor
-from pixmark.schemes.base import Protected, Query, as_query, check_profile
+from pixmark.schemes.base import Protected, Query, as_query, check_profile, profile_settings
 from pixmark.stats import Verdict, ber_p_value, decide, empirical_p_value
 from pixmark.train import Device, run
 
@@ -412,9 +412,10 @@ def _model_channels(model: nn.Module) -> int | None:
     return None
 
 
-def extractor_config(key: Key, profile: str) -> dict[str, Any]:
-    """E's constructor arguments for ``key`` at ``profile``."""
-    p, prof = _params(key), PROFILES[check_profile(profile)]
+def extractor_config(key: Key, profile: str | dict[str, Any]) -> dict[str, Any]:
+    """E's constructor arguments for ``key`` at ``profile`` (a name or its settings)."""
+    p = _params(key)
+    prof = profile if isinstance(profile, dict) else PROFILES[check_profile(profile)]
     return {
         "channels": p["channels"],
         "wm_channels": int(key.tensor("watermark").shape[0]),
@@ -498,6 +499,7 @@ def protect(
     resume: bool = False,
     robust: bool = False,
     attempts: int = 2,
+    overrides: dict[str, Any] | None = None,
 ) -> Protected:
     """Train a copy of ``model`` jointly with the extractor E so its outputs carry the mark.
 
@@ -517,6 +519,7 @@ def protect(
         robust: train E on cropped, noisy and JPEG-coded outputs too (paper sec. III-E).
         attempts: training runs at most, each from the original host with fresh seeds,
             until :func:`embedded` says the mark took; PixmarkError when none did.
+        overrides: replacements for profile entries, e.g. ``{"steps": 600}``.
 
     Returns:
         ``Protected(model, key, report)``: the fine-tuned host (same class as ``model``);
@@ -533,7 +536,7 @@ def protect(
     from pixmark.api import task_splits
 
     p = _params(key)
-    prof = PROFILES[check_profile(profile)]
+    prof = profile_settings(PROFILES, profile, overrides)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise PixmarkError(f"attempts must be a positive integer, got {attempts!r}")
     if task is None:
@@ -562,7 +565,7 @@ def protect(
         # Hard negatives: the frozen original host M0 and its unmarked shadow S (docstring).
         frozen = copy.deepcopy(model).to(dev.torch).eval().requires_grad_(False)
         shadow = copy.deepcopy(model).to(dev.torch).train()
-        config = extractor_config(key, profile)
+        config = extractor_config(key, prof)
         torch.manual_seed(_seed(key, "extractor", attempt))
         extractor = KeyedExtractor(**config).to(dev.torch).train()
         optimizer = torch.optim.Adam(

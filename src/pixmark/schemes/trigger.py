@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from pixmark import data as pdata
 from pixmark.errors import PixmarkError
 from pixmark.keys import Key, new_key
-from pixmark.schemes.base import Protected, Query, as_query, check_profile
+from pixmark.schemes.base import Protected, Query, as_query, profile_settings
 from pixmark.stats import Verdict, empirical_p_value, trigger_p_value, trigger_threshold
 from pixmark.train import Device, run
 
@@ -687,11 +687,7 @@ def protect(
         ``ncc_unprotected`` of the original model, ``eta``, ``steps``, ``seconds``.
     """
     p = _params(key)
-    prof = dict(PROFILES[check_profile(profile)])
-    unknown = sorted(set(overrides or {}) - set(prof))
-    if unknown:
-        raise PixmarkError(f"unknown profile entries {', '.join(unknown)}; use {', '.join(prof)}")
-    prof.update(overrides or {})
+    prof = profile_settings(PROFILES, profile, overrides)
     task = task or p["task"]
     if task != p["task"]:
         raise PixmarkError(f"the key was made for task {p['task']!r}, not {task!r}; make a new key")
