@@ -126,6 +126,14 @@ def test_dncnn_learns_to_denoise_held_out_images() -> None:
     assert gain >= 3.0, result.metrics
 
 
+def test_gray_model_of_a_colour_task_trains_and_evaluates_in_gray() -> None:
+    # deblur defaults to colour; with channels=1 the validation and test crops must be gray
+    # too (they were colour, and evaluation crashed on the channel count).
+    result = train_model("deblur", "dncnn", steps=2, size=32, width=4, channels=1, progress=False)
+    assert result.model.config["channels"] == 1
+    assert result.metrics["psnr"] > 0
+
+
 def test_killed_cli_training_resumes_to_the_full_step_count(tmp_path: Path) -> None:
     """SIGKILL the CLI mid-run; --resume finishes the run and the checkpoint is intact."""
     out = tmp_path / "model.safetensors"

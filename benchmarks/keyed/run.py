@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -188,18 +188,21 @@ def main() -> None:
     (out / "evidence").mkdir(parents=True, exist_ok=True)
     tasks = [t for t in args.tasks.split(",") if t]
     start = time.perf_counter()
+    results: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(run_task, tasks, [args] * len(tasks)))
-    summary = {
-        "command": "benchmarks/keyed/run.py " + " ".join(sys.argv[1:]),
-        "machine": f"{os.uname().machine}, {os.cpu_count()} cores, 1 torch thread per job",
-        "seconds": round(time.perf_counter() - start, 1),
-        "args": vars(args),
-        "tasks": results,
-    }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    tmp.replace(out / "results.json")
+        futures = [pool.submit(run_task, task, args) for task in tasks]
+        for future in as_completed(futures):  # results.json grows as tasks finish
+            results.append(future.result())
+            summary = {
+                "command": "benchmarks/keyed/run.py " + " ".join(sys.argv[1:]),
+                "machine": f"{os.uname().machine}, {os.cpu_count()} cores, 1 torch thread/job",
+                "seconds": round(time.perf_counter() - start, 1),
+                "args": vars(args),
+                "tasks": sorted(results, key=lambda r: tasks.index(r["task"])),
+            }
+            tmp = out / "results.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=1, default=str))
+            tmp.replace(out / "results.json")
     for task in results:
         for row in task["rows"]:
             if "failed" in row:

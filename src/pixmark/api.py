@@ -104,8 +104,12 @@ def train_model(
     model = nets.create(arch, **kwargs)
     train_imgs = [img for _, img in splits["train"]]
     sampler = data.PairSampler(train_imgs, spec, size=size, channels=channels, seed=seed)
-    val = data.fixed_pairs([img for _, img in splits["val"]], spec, size, EVAL_CROPS, seed=1)
-    test = data.fixed_pairs([img for _, img in splits["test"]], spec, size, EVAL_CROPS, seed=2)
+    val = data.fixed_pairs(
+        [img for _, img in splits["val"]], spec, size, EVAL_CROPS, seed=1, channels=channels
+    )
+    test = data.fixed_pairs(
+        [img for _, img in splits["test"]], spec, size, EVAL_CROPS, seed=2, channels=channels
+    )
     dev = Device(device)
     state_path = out_path.with_name(out_path.name + ".state.pt") if out_path else None
     history = fit(
