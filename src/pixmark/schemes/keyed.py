@@ -448,10 +448,10 @@ def embedded(report: dict[str, Any]) -> bool:
 
 def _attempt_path(checkpoint: str | Path | None, attempt: int) -> Path | None:
     """The training-state file of attempt ``attempt`` (the first uses ``checkpoint``)."""
-    if checkpoint is None or attempt == 0:
-        return None if checkpoint is None else Path(checkpoint)
+    if checkpoint is None:
+        return None
     path = Path(checkpoint)
-    return path.with_name(f"{path.name}.try{attempt}")
+    return path if attempt == 0 else path.with_name(f"{path.name}.try{attempt}")
 
 
 def _other_models(outputs: Tensor, inputs: Tensor, generator: torch.Generator) -> Tensor:
@@ -603,8 +603,8 @@ def protect(
             l_s = (twin - y).abs().mean()
             l_f = (out - twin.detach()).pow(2).mean()
             marked = out.clamp(0, 1)
-            # bs positives; bs + bs // 2 negatives: half clean targets / degraded inputs, then
-            # M0's outputs on the first half of the batch and S's on the second half.
+            # bs positives; 2 bs + bs // 2 negatives: half clean targets / degraded inputs,
+            # M0's outputs on the first half of the batch and S's on the second half, then:
             clean = torch.cat([torch.cat([y[::2], x[1::2]])[:half], before, twin.detach()[half:]])
             # + "other models": S's outputs moved a random way towards the degraded input
             # (what a weaker or differently trained model of the task answers) or with
@@ -687,9 +687,11 @@ def protect(
         return host, extractor, report
 
     tries: list[float] = []
+    seconds = 0.0
     for attempt in range(attempts):
         host, extractor, report = train_once(attempt)
         tries.append(report["ber"])
+        seconds += report["seconds"]
         if embedded(report):
             break
     else:
@@ -700,6 +702,7 @@ def protect(
         )
     report["attempts"] = len(tries)
     report["ber_attempts"] = tries
+    report["seconds"] = seconds  # training time of all attempts
     config = extractor.config
     report["delta_psnr"] = report["psnr_before"] - report["psnr_after"]
     report["fidelity_cost"] = report["psnr_unmarked"] - report["psnr_after"]
