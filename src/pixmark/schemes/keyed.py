@@ -698,7 +698,8 @@ def protect(
         raise PixmarkError(
             f"the keyed watermark did not take in {attempts} attempt(s) (per-image BER "
             f"{', '.join(f'{b:.2f}' for b in tries)} on the protected outputs, or the "
-            "extractor also reads clean images); try a longer profile (--profile cpu)"
+            "extractor also reads clean images); train longer: a larger profile "
+            "(--profile cpu) or overrides={'steps': N}"
         )
     report["attempts"] = len(tries)
     report["ber_attempts"] = tries
