@@ -89,6 +89,14 @@ def unmarked(host, protected):
     return model
 
 
+@pytest.fixture(scope="module")
+def original_file(host, tmp_path_factory):
+    """The unprotected host saved as a checkpoint (a suspect given by file or URL)."""
+    from pixmark.checkpoint import save_model
+
+    return save_model(host, tmp_path_factory.mktemp("original") / "original.safetensors", task=TASK)
+
+
 # --------------------------------------------------------------------------- keygen
 
 
@@ -310,20 +318,20 @@ def test_protect_rejects_bad_attempts_and_overrides(host):
 
 
 @pytest.mark.slow
-def test_cli_verifies_the_protected_file_and_refuses_the_original(host, protected, tmp_path):
+def test_cli_verifies_the_protected_file_and_refuses_the_original(
+    original_file, protected, tmp_path
+):
     from typer.testing import CliRunner
 
-    from pixmark.checkpoint import save_model
     from pixmark.cli import app
 
     folder = Path(protected.report["key_path"]).parent
-    original = save_model(host, tmp_path / "original.safetensors", task=TASK)
     runner = CliRunner()
     args = ["verify", "--key", str(folder / "acme.key"), "--json", "--suspect"]
     hit = runner.invoke(app, [*args, protected.report["model_path"]])
     assert hit.exit_code == 0, hit.output
     assert Verdict.from_json(hit.output).scheme == "keyed"
-    miss = runner.invoke(app, [*args, str(original)])
+    miss = runner.invoke(app, [*args, str(original_file)])
     assert miss.exit_code == 1, miss.output
     # keygen through the CLI: --watermark and --bits reach the scheme; no silent overwrite.
     made = runner.invoke(
@@ -353,9 +361,8 @@ def test_cli_verifies_the_protected_file_and_refuses_the_original(host, protecte
 
 
 @pytest.mark.slow
-def test_served_protected_host_verifies_by_url_and_the_original_does_not(host, protected, tmp_path):
+def test_served_protected_host_verifies_by_url_and_the_original_does_not(original_file, protected):
     """Black-box verification: the suspect is only reachable over HTTP (8-bit PNG answers)."""
-    from pixmark.checkpoint import save_model
     from pixmark.serve import running
 
     key = Path(protected.report["key_path"])
@@ -363,6 +370,5 @@ def test_served_protected_host_verifies_by_url_and_the_original_does_not(host, p
         verdict = api.verify(f"{url}/v1/process", key)
         assert verdict.decision == "match", verdict.summary()
         assert verdict.details["qr_matches_owner"]
-    original = save_model(host, tmp_path / "original.safetensors", task=TASK)
-    with running(original) as url:
+    with running(original_file) as url:
         assert api.verify(f"{url}/v1/process", key).decision == "no match"

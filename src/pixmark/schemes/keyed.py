@@ -563,6 +563,10 @@ def protect(
     dev = Device(device)
     original = model
 
+    bits = _bits(key).to(dev.torch)
+    target = target_of(key).to(dev.torch)
+    cpu_bits, cpu_target = bits.cpu(), target.cpu()
+
     def train_once(attempt: int) -> tuple[nn.Module, KeyedExtractor, dict[str, Any]]:
         host = copy.deepcopy(model).to(dev.torch).train()
         # Hard negatives: the frozen original host M0 and its unmarked shadow S (docstring).
@@ -589,8 +593,6 @@ def protect(
             train_imgs, spec, size, channels, seed=_seed(key, "protect", attempt)
         )
         rng = _Counter(_seed(key, "wrong-keys", attempt))
-        bits = _bits(key).to(dev.torch)
-        target = target_of(key).to(dev.torch)
         bs = prof["batch_size"]
         half = max(bs // 2, 1)
 
@@ -627,10 +629,9 @@ def protect(
             l2 = with_key[bs:].pow(2).mean()
             l3 = neg_key.pow(2).mean()
             l_w = ALPHA * l1 + NEG_WEIGHT * BETA * l2 + GAMMA * l3
-            if GATE_WEIGHT > 0:
-                logits = extractor.gate_logit(feats).float()
-                labels = torch.cat([torch.ones(bs), torch.zeros(len(clean))]).to(logits.device)
-                l_w = l_w + GATE_WEIGHT * F.binary_cross_entropy_with_logits(logits, labels)
+            logits = extractor.gate_logit(feats).float()
+            labels = torch.cat([torch.ones(bs), torch.zeros(len(clean))]).to(logits.device)
+            l_w = l_w + GATE_WEIGHT * F.binary_cross_entropy_with_logits(logits, labels)
             ramp = min(max((step / max(prof["steps"], 1) - 0.5) / 0.4, 0.0), 1.0)
             fid = FIDELITY * (FIDELITY_END / FIDELITY) ** ramp
             loss = l_t + THETA_HOST * l_w + fid * l_f + l_s
@@ -668,7 +669,6 @@ def protect(
 
         protected_q, original_q = as_query(host), as_query(original)
         shadow_q = as_query(shadow.cpu().eval())
-        cpu_bits, cpu_target = bits.cpu(), target.cpu()
         outputs = protected_q(queries)
         g = torch.Generator().manual_seed(key.seed("report") % 2**31)
         report = {
@@ -684,7 +684,6 @@ def protect(
             "ber_flipped8": _mean_ber(extractor, outputs, flip_bits(cpu_bits, 8, g), cpu_target),
             "psnr_unmarked": _psnr(shadow_q(test[0]), test[1]),
             "steps": prof["steps"],
-            "attempt": attempt,
             "seconds": history.seconds,
         }
         return host, extractor, report
