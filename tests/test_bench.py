@@ -52,7 +52,14 @@ TINY = {
             },
         }
     },
-    "nulls": {"count": 2, "archs": ["dncnn", "unet"], "steps": 30, "size": 32, "width": 8},
+    "nulls": {
+        "count": 2,
+        "archs": ["dncnn", "unet"],
+        "steps": 30,
+        "size": 32,
+        "width": 8,
+        "random_keys": 5,
+    },
     "fidelity": {"size": 32, "count": 4},
     "attacks": {
         "none": [None],
@@ -98,6 +105,11 @@ def test_grid_runs_end_to_end(bench_dir):
     assert by_attack["none"]["p_value"] < 1e-6
     nulls = [r for r in rows if r["level"] == "null"]
     assert len(nulls) == 2 and all(r["decision"] == "no match" for r in nulls)
+    # Each null model also answered 5 random keys; none of them comes near its design.
+    for r in nulls:
+        assert len(r["random_key_statistics"]) == 5
+        assert min(r["random_key_statistics"]) > by_attack["none"]["threshold"]
+    assert "random_key_statistics" not in by_attack["none"]
     for r in rows:
         for field in ("statistic", "p_value", "fidelity_psnr", "fidelity_ssim", "seconds"):
             assert r[field] is not None, (r["cell_id"], field)
@@ -119,8 +131,8 @@ def test_reports_hold_tables_plots_and_honest_fpr(bench_dir):
     for text in (html, md):
         assert "Detection at a fixed false-positive rate" in text
         assert (
-            "not certifiable: 2 null scores &lt; 99" in text
-            or "not certifiable: 2 null scores < 99" in text
+            "not certifiable: 12 null scores &lt; 99" in text  # 2 models x (1 + 5 keys)
+            or "not certifiable: 12 null scores < 99" in text
         )
         assert "trigger distance d" in text
     for rel in [
@@ -300,6 +312,15 @@ def test_detection_at_fpr_needs_enough_nulls():
     # A scheme where smaller statistics are evidence (trigger distance) is oriented.
     flipped = [dict(r, scheme="trigger", statistic=-r["statistic"]) for r in nulls + derived]
     assert detection_at_fpr(flipped)[0]["TPR @ FPR 0.01"] == "2/4 (50%)"
+    # Random-key statistics of a null row count as null scores, oriented like its own.
+    pooled = [
+        dict(r, random_key_statistics=[-0.7 + k / 1000 for k in range(9)])
+        for r in flipped[:100]
+    ] + flipped[120:]
+    (entry,) = detection_at_fpr(pooled)
+    assert entry["null models"] == 100 and entry["null scores"] == 1000
+    # threshold = the highest of the 1000 (a random key's 0.7): 0.59 no longer passes
+    assert entry["TPR @ FPR 0.001"] == "2/4 (50%)"
 
 
 @pytest.mark.parametrize(

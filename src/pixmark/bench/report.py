@@ -77,6 +77,18 @@ def _score(row: dict[str, Any]) -> float | None:
     return -math.log10(max(float(p), 1e-300))
 
 
+def _null_row_scores(row: dict[str, Any]) -> list[float]:
+    """A null row's evidence scores: its own, plus its random-key statistics (trigger)."""
+    own = _score(row)
+    scores = [own] if own is not None else []
+    orientation = GREATER_IS_EVIDENCE.get(row["scheme"])
+    if orientation is not None:
+        for value in row.get("random_key_statistics") or []:
+            if value is not None:
+                scores.append(float(value) if orientation else -float(value))
+    return scores
+
+
 def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
@@ -111,11 +123,12 @@ def detection_at_fpr(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         nulls = [r for r in group if r["level"] == "null"]
         derived = [r for r in group if r["level"] not in ("null", "clean")]
         clean = [r for r in group if r["level"] == "clean"]
-        null_scores = [s for s in (_score(r) for r in nulls) if s is not None]
+        null_scores = [s for r in nulls for s in _null_row_scores(r)]
         derived_scores = [_score(r) for r in derived]
         entry: dict[str, Any] = {
             "scheme": scheme,
             "task": task,
+            "null models": len(nulls),
             "null scores": len(null_scores),
             "attacked cells": len(derived),
             "clean detected": _rate(sum(r["decision"] == "match" for r in clean), len(clean)),
@@ -413,7 +426,10 @@ _ABOUT = (
     "outputs are distorted before the verifier sees them), and verifies the suspect with "
     "the key. <i>null</i> rows verify independently trained models that never saw the "
     "key: every match there is a false positive. TPR at a fixed FPR uses a threshold on "
-    "the statistic calibrated on the null scores; it needs at least 1/FPR - 1 of them."
+    "the statistic calibrated on the null scores; it needs at least 1/FPR - 1 of them. "
+    "For the trigger scheme a null model also scores random keys drawn like the owner's "
+    "(nulls.random_keys, the paper's uniqueness test), so one innocent model gives many "
+    "null scores."
 )
 
 

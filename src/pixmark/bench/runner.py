@@ -258,6 +258,11 @@ def load_config(
     nulls.setdefault("count", 0)
     nulls.setdefault("archs", ["unet", "dncnn", "resnet9", "red"])
     nulls.setdefault("first_seed", 1000)
+    nulls.setdefault("random_keys", 0)
+    if not isinstance(nulls["random_keys"], int) or nulls["random_keys"] < 0:
+        raise PixmarkError(
+            f"{where}: nulls.random_keys must be a whole number >= 0, got {nulls['random_keys']!r}"
+        )
     cfg["nulls"] = nulls
     fidelity = dict(raw.get("fidelity") or {})
     fidelity.setdefault("size", 64)
@@ -406,11 +411,12 @@ def plan(cfg: dict[str, Any]) -> tuple[list[Job], list[Job]]:
                     "verify": s.get("verify") or {},
                 }
                 needs = (prot_job, *(f"null {task} {ns['name']}" for ns in null_specs[task]))
+                random_keys = int(cfg["nulls"]["random_keys"])
                 for attack in cfg["attacks"]:
                     for strength in attack.strengths:
                         cells.append(_cell(base, attack, strength, needs))
                 for ns in null_specs[task]:
-                    cell = _cell(base, Attack(NULL, ()), ns["name"], needs)
+                    cell = _cell(base, Attack(NULL, ()), ns["name"], needs, random_keys)
                     cell.spec["null_dir"] = ns["dir"]
                     # A null model is not checked against itself.
                     cell.spec["null_dirs"] = [d for d in base["null_dirs"] if d != ns["dir"]]
@@ -418,7 +424,13 @@ def plan(cfg: dict[str, Any]) -> tuple[list[Job], list[Job]]:
     return builds, cells
 
 
-def _cell(base: dict[str, Any], attack: Attack, strength: Any, needs: tuple[str, ...]) -> Job:
+def _cell(
+    base: dict[str, Any],
+    attack: Attack,
+    strength: Any,
+    needs: tuple[str, ...],
+    random_keys: int = 0,
+) -> Job:
     identity = {
         "protected": base["protected_dir"],
         "attack": attack.kind,
@@ -427,6 +439,8 @@ def _cell(base: dict[str, Any], attack: Attack, strength: Any, needs: tuple[str,
         "nulls": base["null_dirs"],
         "verify": base["verify"],
     }
+    if random_keys:
+        identity["random_keys"] = random_keys
     if attack.name:
         identity["name"] = attack.name
     label = attack.label
@@ -441,6 +455,7 @@ def _cell(base: dict[str, Any], attack: Attack, strength: Any, needs: tuple[str,
         "strength": strength,
         "options": attack.options,
         "cell_id": cell_id,
+        "random_keys": random_keys,
     }
     return Job("cell", cell_id, spec, after=needs)
 
@@ -814,6 +829,12 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         query, key, nulls=nulls or None, evidence_dir=evidence_dir, **spec["verify"]
     )
     verify_seconds = time.perf_counter() - verify_start
+    # More null scores from the same innocent model: random keys, where the scheme can
+    # draw them without training anything (trigger).
+    random_key_fn = getattr(api.scheme_module(spec["scheme"]), "random_key_statistics", None)
+    random_key_stats = None
+    if level == "null" and spec.get("random_keys") and random_key_fn is not None:
+        random_key_stats = [_finite(v) for v in random_key_fn(query, key, spec["random_keys"])]
 
     # How much the attack cost the suspect: its outputs vs the protected model's.
     channels = api.model_channels(protected)
@@ -855,6 +876,8 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         "device": device_name(spec["device"]),
         **env,
     }
+    if random_key_stats is not None:
+        row["random_key_statistics"] = random_key_stats
     if level == "surrogate":
         scratch = out_dir / "cache" / "cells" / _fingerprint(spec["cell_id"])
         for leftover in scratch.glob("*"):

@@ -876,6 +876,21 @@ def null_scores(nulls: list[Query], key: Key, random_keys: int = 50) -> dict[str
     return {"d": ds, "ncc": nccs}
 
 
+def random_key_statistics(query: Query, key: Key, count: int) -> list[float]:
+    """Distances d of ``query`` on ``count`` random keys drawn like ``key``'s.
+
+    The paper's uniqueness test as null scores for calibrating thresholds: each random
+    trigger K_i (from the key's ``null`` PRNG stream) is sent to ``query`` and its answer
+    scored against the design G(K_i), the response a protect with K_i would aim for. For
+    a model that never saw the key, the key's own trigger is one more such draw, so these
+    distances are exchangeable with its d (up to S = M*(K) differing from G(K) by the
+    embedding error, see ``design_d`` in the verdict).
+    """
+    if count < 1:
+        raise PixmarkError(f"random keys: count must be at least 1, got {count}")
+    return null_scores([query], key, count)["d"][1:]
+
+
 def verify(
     query: Query,
     key: Key,
