@@ -187,3 +187,15 @@ def test_killed_cli_training_resumes_to_the_full_step_count(tmp_path: Path) -> N
     config = read_config(out)
     assert config["train"]["steps"] == 400
     assert config["arch"] == "dncnn"
+
+
+def test_train_model_is_reproducible_from_its_seed() -> None:
+    """Same seed, same weights (the initial weights included); another seed differs."""
+    a, b, c = (
+        train_model("denoise", "dncnn", steps=3, size=32, width=8, channels=1, seed=s,
+                        arch_kwargs={"depth": 3}, device="cpu", progress=False).model
+        for s in (5, 5, 6)
+    )  # fmt: skip
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    assert all(torch.equal(x, y) for x, y in pairs)
+    assert not torch.equal(a.state_dict()["body.0.weight"], c.state_dict()["body.0.weight"])

@@ -232,3 +232,38 @@ def test_base2_label_backdoor_matches_only_the_marked_host(host, null_host, tmp_
     rgb = base2.keygen("ACME Imaging", channels=3)
     with pytest.raises(PixmarkError, match="3"):
         base2.verify(as_query(host), rgb)
+
+
+@pytest.mark.slow
+def test_key_threshold_sits_between_other_keys_and_the_papers(protected, host, null_host):
+    """The suspect's NCC threshold: above what other keys and innocent models reach, at
+    most the paper's 0.95, and it keeps detections the paper's rule loses."""
+    from pixmark import api
+
+    report, key = protected.report, protected.key
+    reached = max(report["null_ncc_max"], report["random_key_ncc_max_protected"])
+    assert key.params["match_ncc"] == pytest.approx(trigger.match_threshold([reached]))
+    assert reached + 0.25 <= key.params["match_ncc"] + 1e-9 or key.params["match_ncc"] == 0.95
+    # Random keys (designed responses G(K_i)) pass neither on the protected host nor on
+    # innocent ones, under the key's threshold.
+    for model in (protected.model, host, null_host):
+        scores = trigger.null_scores([as_query(model)], key, 20)
+        first = 1 if model is protected.model else 0  # the protected host's own key
+        for d, ncc_ in zip(scores["d"][first:], scores["ncc"][first:], strict=True):
+            assert not (d <= report["eta"] and ncc_ > key.params["match_ncc"])
+    assert trigger.verify(as_query(null_host), key).decision == "no match"
+    # Pruning a little more at a time: some strength keeps d <= eta and an NCC between the
+    # key's threshold and 0.95 (measured: 25 % -> 0.947 vs 0.911), so the verdict is
+    # "match" where the paper's rule says "no match".
+    gained = []
+    for amount in (0.2, 0.225, 0.25, 0.275, 0.3):
+        verdict = trigger.verify(as_query(api.attack("prune", protected.model, amount)), key)
+        assert verdict.decision == (
+            "match"
+            if verdict.details["d"] <= verdict.threshold
+            and verdict.details["ncc"] > key.params["match_ncc"]
+            else "no match"
+        )
+        if verdict.decision == "match" and verdict.details["paper_decision"] == "no match":
+            gained.append(amount)
+    assert gained, "no pruning strength between the key's threshold and the paper's"

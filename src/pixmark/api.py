@@ -101,6 +101,7 @@ def train_model(
     kwargs["channels"] = channels
     if width is not None:
         kwargs["width"] = width
+    torch.manual_seed(seed)  # the initial weights too: one seed, one model
     model = nets.create(arch, **kwargs)
     train_imgs = [img for _, img in splits["train"]]
     sampler = data.PairSampler(train_imgs, spec, size=size, channels=channels, seed=seed)

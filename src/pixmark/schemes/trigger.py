@@ -36,8 +36,10 @@ paper's Gamma null (sigma = 1/4, :func:`pixmark.stats.trigger_threshold`), 6.07e
 (response minus trigger input, the branch the authors' code watermarks): in output space
 every response shares the trigger itself and even the identity map scores NCC ~ 0.6.
 The decision is "match" iff the key passes the ownership checks below, d <= eta and
-NCC > 0.95. The p-value is the Gamma null's; with ``nulls`` an empirical p-value and
-false-positive rate over null models and random keys go into ``details``.
+NCC above the key's ``match_ncc`` (set at protect above what other keys reach, between
+0.75 and the paper's 0.95: :func:`match_threshold`). The p-value is the Gamma null's;
+with ``nulls`` an empirical p-value and false-positive rate over null models and random
+keys go into ``details``.
 
 Ownership checks (the ambiguity attack, :func:`forge_key`): a thief who holds the model
 can pick any key K' and set S' = M(K'); then d(M(K'), S') = 0. pixmark rejects such a
@@ -70,8 +72,18 @@ from pixmark.train import Device, run
 
 SCHEME = "trigger"
 DESIGNS = ("sobel", "gradient", "bernoulli")
-#: NCC (Pearson, on residuals) a response must exceed, as in the paper.
+#: NCC (Pearson, on residuals) a response must exceed, as in the paper: what protect
+#: requires of the embedded response and the key check of the stored S against G(K).
 NCC_THRESHOLD = 0.95
+#: A suspect's NCC threshold is set per key at protect (:func:`match_threshold`): the
+#: highest NCC that the original host (on K and ``NULL_KEYS`` random keys) and the
+#: protected host (on the random keys) reach, plus ``MATCH_NCC_MARGIN``, at least
+#: ``MATCH_NCC_FLOOR``, at most the paper's 0.95. Measured
+#: (benchmarks/fpr.yaml): 1089 null scores on 99 independent models never exceeded 0.51,
+#: while fine-tuned (25-400 steps) and 30-50 % pruned hosts kept 0.70-0.92.
+MATCH_NCC_FLOOR = 0.75
+MATCH_NCC_MARGIN = 0.25
+NULL_KEYS = 50
 #: The Gamma null's level (p < 0.05) and per-pixel error std (1/4), as in the paper.
 NULL_P = 0.05
 NULL_SIGMA = 0.25
@@ -316,8 +328,19 @@ def _p_value(d: float, reference: Tensor) -> float:
     return trigger_p_value(d, t * m, n * c, NULL_SIGMA)
 
 
-def _passes(d: float, ncc: float, eta: float) -> bool:
-    return d <= eta and ncc > NCC_THRESHOLD
+def _passes(d: float, ncc: float, eta: float, ncc_threshold: float = NCC_THRESHOLD) -> bool:
+    return d <= eta and ncc > ncc_threshold
+
+
+def match_threshold(null_nccs: list[float]) -> float:
+    """A suspect's residual-NCC threshold from null NCCs (see ``MATCH_NCC_FLOOR``)."""
+    top = max(null_nccs, default=NCC_THRESHOLD)
+    return min(max(top + MATCH_NCC_MARGIN, MATCH_NCC_FLOOR), NCC_THRESHOLD)
+
+
+def _match_ncc(key: Key) -> float:
+    """The key's suspect NCC threshold; keys made before it existed keep the paper's."""
+    return float(key.params.get("match_ncc", NCC_THRESHOLD))
 
 
 def _check_tensors(key: Key) -> tuple[Tensor, Tensor]:
@@ -811,6 +834,18 @@ def protect(
         | {"profile": profile},
     }
     tensors = {"response": response, "logo": logo, **_visualizer_tensors(vis)}
+    protected_key = key.with_updates(params=params, tensors=tensors)
+    # The suspect's NCC threshold sits above what keys that are not this one reach: the
+    # original host on K and on random keys, and the protected host on random keys (its
+    # backdoor partly generalises to other noise images), below the paper's 0.95.
+    on_original = null_scores([as_query(original)], protected_key, NULL_KEYS)["ncc"]
+    on_protected = null_scores([as_query(model)], protected_key, NULL_KEYS)["ncc"][1:]
+    report["null_ncc_max"] = max(on_original)
+    report["random_key_ncc_max_protected"] = max(on_protected)
+    report["match_ncc"] = match_threshold(on_original + on_protected)
+    params["match_ncc"] = report["match_ncc"]
+    params["embedding"]["null_ncc_max"] = report["null_ncc_max"]
+    params["embedding"]["random_key_ncc_max_protected"] = report["random_key_ncc_max_protected"]
     return Protected(
         model=model, key=key.with_updates(params=params, tensors=tensors), report=report
     )
@@ -903,7 +938,9 @@ def verify(
 
     Sends the key's trigger(s) K, gets S', and decides "match" iff the key passes
     :func:`check_key`, ``d = ||S' - S||_2 / #S <= eta`` (Gamma null, p < 0.05, paper eq. 8)
-    and the residual NCC > 0.95. ``p_value`` is the Gamma null's P[d_null <= d].
+    and the residual NCC > the key's ``match_ncc`` (0.95 for keys made before it existed;
+    ``details["paper_decision"]`` applies the paper's 0.95). ``p_value`` is the Gamma
+    null's P[d_null <= d].
 
     Args:
         query: the suspect (``as_query(model)`` for a local model).
@@ -925,13 +962,16 @@ def verify(
     ncc = residual_ncc(answer, response, trigger)
     eta = _threshold(response)
     p_value = _p_value(d, response)
-    decision = "match" if ownership["valid"] and _passes(d, ncc, eta) else "no match"
+    match_ncc = _match_ncc(key)
+    decision = "match" if ownership["valid"] and _passes(d, ncc, eta, match_ncc) else "no match"
     per_trigger = [distance(a[None], s[None]) for a, s in zip(answer, response, strict=True)]
     details: dict[str, Any] = {
         "statistic_name": "trigger distance d",
         "d": d,
         "ncc": ncc,
-        "ncc_threshold": NCC_THRESHOLD,
+        "ncc_threshold": match_ncc,
+        # the paper's rule (NCC > 0.95), for comparison with its tables
+        "paper_decision": ("match" if ownership["valid"] and _passes(d, ncc, eta) else "no match"),
         "eta": eta,
         "alpha": NULL_P,
         "d_per_trigger": per_trigger,
@@ -953,7 +993,8 @@ def verify(
         scores = null_scores(nulls, key, random_keys)
         details["empirical_p"] = empirical_p_value(d, scores["d"], greater_is_evidence=False)
         details["null_fpr"] = sum(
-            _passes(nd, nn_, eta) for nd, nn_ in zip(scores["d"], scores["ncc"], strict=True)
+            _passes(nd, nn_, eta, match_ncc)
+            for nd, nn_ in zip(scores["d"], scores["ncc"], strict=True)
         ) / len(scores["d"])
         details["n_null_models"] = len(nulls)
         details["n_null_scores"] = len(scores["d"])
