@@ -61,6 +61,47 @@ def profile_settings(
     return settings
 
 
+def independent_models(
+    key: Key,
+    task: str,
+    plan: tuple[tuple[str, float], ...],
+    *,
+    steps: int,
+    width: int,
+    size: int,
+    channels: int,
+    data: str | None = None,
+    device: str = "auto",
+) -> list[nn.Module]:
+    """Small clean models of ``task`` trained from scratch, one per ``(arch, fraction)``.
+
+    Model i trains ``fraction * steps`` steps with its own seed and by-image data split,
+    both drawn from the key, so together they stand for "other models of the task" that
+    never saw the mark: protect uses them as its extractor's negatives and holds some out
+    to check that it reads none of them. Returned in eval mode on the CPU, frozen.
+    """
+    from pixmark.api import train_model
+
+    models = []
+    for i, (arch, fraction) in enumerate(plan):
+        seed = key.seed(f"independent-{i}") % 2**31
+        trained = train_model(
+            task,
+            arch,
+            steps=max(int(steps * fraction), 1),
+            size=size,
+            width=width,
+            channels=channels,
+            source=data,
+            seed=seed,
+            data_seed=seed,
+            device=device,
+            progress=False,
+        )
+        models.append(trained.model.cpu().eval().requires_grad_(False))
+    return models
+
+
 def as_query(model: nn.Module, batch_size: int = 8, name: str = "suspect") -> Query:
     """Wrap a local model as a :data:`Query` (no grad, batched, outputs clamped to [0, 1])."""
     model.eval()

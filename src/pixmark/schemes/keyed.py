@@ -91,7 +91,14 @@ from torch import Tensor, nn
 from pixmark.errors import PixmarkError
 from pixmark.keys import Key, load_key, new_key
 from pixmark.nets.keyed_extractor import KeyedExtractor
-from pixmark.schemes.base import Protected, Query, as_query, check_profile, profile_settings
+from pixmark.schemes.base import (
+    Protected,
+    Query,
+    as_query,
+    check_profile,
+    independent_models,
+    profile_settings,
+)
 from pixmark.stats import Verdict, ber_p_value, decide, empirical_p_value
 from pixmark.train import Device, run
 
@@ -478,36 +485,6 @@ INDEPENDENT = (
 CHECK_MODELS = 2
 
 
-def independent_models(
-    key: Key, task: str, channels: int, data: str | None, settings: dict[str, Any], device: str
-) -> list[nn.Module]:
-    """Small clean models of ``task`` trained from scratch (``INDEPENDENT``), eval mode, CPU.
-
-    Each has its own architecture, seed, data split and training length, drawn from the
-    key, so they stand for "some other model of the task" that never saw the mark.
-    """
-    from pixmark.api import train_model
-
-    models = []
-    for i, (arch, fraction) in enumerate(INDEPENDENT):
-        seed = key.seed(f"independent-{i}") % 2**31
-        trained = train_model(
-            task,
-            arch,
-            steps=max(int(settings["steps"] * fraction), 1),
-            size=settings["size"],
-            width=settings["width"],
-            channels=channels,
-            source=data,
-            seed=seed,
-            data_seed=seed,
-            device=device,
-            progress=False,
-        )
-        models.append(trained.model.cpu().eval().requires_grad_(False))
-    return models
-
-
 def _failure(report: dict[str, Any]) -> str:
     """What :func:`embedded` found wrong with a run, in words (per-image BERs)."""
     if report["ber"] > EMBED_BER:
@@ -638,7 +615,9 @@ def protect(
 
     dev = Device(device)
     original = model
-    others = independent_models(key, task, channels, data, prof["independent"], device)
+    others = independent_models(
+        key, task, INDEPENDENT, channels=channels, data=data, device=device, **prof["independent"]
+    )
     negatives = [m.to(dev.torch) for m in others[:-CHECK_MODELS]]
 
     bits = _bits(key).to(dev.torch)

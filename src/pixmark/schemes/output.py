@@ -42,7 +42,7 @@ from pixmark import nets
 from pixmark.errors import PixmarkError
 from pixmark.keys import Key, new_key
 from pixmark.metrics import centered_nc, psnr
-from pixmark.schemes.base import Protected, Query, as_query, check_profile
+from pixmark.schemes.base import Protected, Query, as_query, check_profile, independent_models
 from pixmark.stats import Verdict, decide, pooled_success_test
 from pixmark.train import Device, run, seed_everything
 
@@ -92,7 +92,11 @@ class Profile:
     carrier: float = 0.03  # amplitude of the keyed carrier H is started on (see protect)
     # stage 2: (architecture, loss) of each surrogate of the watermarked model; the clean
     # model gets one UNet L2 surrogate (the negatives)
-    stage2: tuple[tuple[str, str], ...] = (("unet", "l2"),)
+    stage2: tuple[tuple[str, str], ...] = (("unet", "l2"), ("unet", "perceptual"))
+    # independent clean models of the task (``INDEPENDENT``): steps, width, crop size
+    independent_steps: int = 100
+    independent_width: int = 8
+    independent_size: int = 40
 
 
 PROFILES: dict[str, Profile] = {
@@ -108,7 +112,8 @@ PROFILES: dict[str, Profile] = {
         size=96, batch=8, pool=1024, steps=4000, surrogate_steps=2500, finetune_steps=1500,
         h_width=32, h_depth=4, r_width=48, r_blocks=9, d_width=32, d_layers=3,
         surrogate_width=32, lr=5e-4, beta1=0.5, target_psnr=38.0, n_queries=64,
-        stage2=(("unet", "l2"), ("resnet9", "l1")),
+        stage2=(("unet", "l2"), ("resnet9", "l1"), ("unet", "perceptual")), independent_steps=300,
+        independent_width=16, independent_size=64,
     ),
     # The paper: 256 × 256, batch 16, Adam 2e-4 (β1 0.5), 200 epochs of 6000 images.
     "paper": Profile(
@@ -116,8 +121,32 @@ PROFILES: dict[str, Profile] = {
         finetune_steps=20000, h_width=64, h_depth=7, r_width=128, r_blocks=9, d_width=64,
         d_layers=3, surrogate_width=64, lr=2e-4, beta1=0.5, target_psnr=40.0, n_queries=100,
         stage2=(("unet", "l2"), ("resnet9", "l1"), ("ceilnet", "perceptual")),
+        independent_steps=3000, independent_width=32, independent_size=96,
     ),
 }  # fmt: skip
+
+
+#: Independent clean models trained at protect (architecture, fraction of the profile's
+#: ``independent_steps``): the first ones' outputs are R's negatives in stage 2, the last
+#: ``CHECK_MODELS`` are null models for the key's threshold and null rate. Weak stride-2
+#: networks (U-Net, ResNet, CEILNet) make 2 x 2 checkerboard artefacts of their own; without
+#: them among the negatives R read the logo from 5 of 99 such null models
+#: (benchmarks/fpr.yaml, session 5).
+INDEPENDENT = (
+    ("unet", 0.3),
+    ("unet", 1.0),
+    ("resnet9", 0.5),
+    ("ceilnet", 1.0),
+    ("resnet9", 1.0),
+    ("dncnn", 1.0),
+    ("unet", 0.6),
+    ("resnet9", 0.2),
+    ("unet", 0.15),
+    ("ceilnet", 0.4),
+    ("unet", 0.8),
+    ("resnet9", 0.8),
+)
+CHECK_MODELS = 2
 
 
 # --------------------------------------------------------------------------- logo, statistic
@@ -465,10 +494,11 @@ def protect(
 
     Stage 1 trains H, R, D on (A, B = M(A)) crops of the task's real training images;
     stage 2 trains surrogates on (A, H(B)) (the profile's ``stage2`` list of architecture
-    and loss; quick: one UNet L2, cpu: + ResNet-9 L1, paper: + CEILNet perceptual) and a
-    UNet L2 one on (A, B), then fine-tunes R to find the logo in the first ones' outputs
-    and a blank in the last one's. ResNet-16 is never used here, so benchmarks can test a
-    surrogate architecture stage 2 never saw.
+    and loss; quick: UNet L2 and UNet perceptual, cpu: + ResNet-9 L1, paper: UNet L2,
+    ResNet-9 L1, CEILNet perceptual) and a UNet L2 one on (A, B), then fine-tunes R to
+    find the logo in the first ones' outputs and a blank in the last one's and in those of
+    small independent models of the task (``INDEPENDENT``). ResNet-16 is never used here,
+    so benchmarks can test a surrogate architecture stage 2 never saw.
 
     Args:
         model: the image-to-image model to protect ([N, C, H, W] in [0, 1] -> same).
@@ -565,7 +595,8 @@ def protect(
             emd = emd + prof.perceptual * perc(b_wm, b)
         if prof.adversarial:
             emd = emd + prof.adversarial * lsgan_g_loss(d(b_wm))
-        ext, parts = _extract_loss(r, b_wm, torch.cat([a[:half], b[half:]]), logo_d, blank_d, g_aug)
+        ext, parts = _extract_loss(r, b_wm, torch.cat([a[:half], b[half:]]), logo_d, blank_d,
+                                   g_aug)  # fmt: skip
         loss = emd + prof.extract * ext
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -623,6 +654,13 @@ def protect(
             resume=resume, on_step=snapshot(kind),
         )  # fmt: skip
         snaps[kind].append(_apply(surrogates[name], snap_inputs, dev))
+    others = independent_models(
+        key, task, INDEPENDENT, steps=prof.independent_steps, width=prof.independent_width,
+        size=prof.independent_size, channels=channels, data=data, device=device,
+    )  # fmt: skip
+    for other in others[:-CHECK_MODELS]:
+        snaps["clean"].append(_apply(other.to(dev), snap_inputs, dev))
+        other.cpu()
     pos_pool = torch.cat(snaps["wm"])
     neg_pool = torch.cat(snaps["clean"])
     bwm_pool = _embed_all(wm, b_pool, dev)
@@ -665,9 +703,11 @@ def protect(
         "identity": lambda x: x.clamp(0, 1),
         "surrogate_of_protected": as_query(surrogates["wm"]),
         "surrogate_of_unprotected": as_query(surrogates["clean"]),
+        **{f"independent_{i}": as_query(m) for i, m in enumerate(others[-CHECK_MODELS:])},
     }
     scores = {name: query_scores(q, key)[1] for name, q in populations.items()}
-    null_names = ("unprotected", "identity", "surrogate_of_unprotected")
+    null_names = ("unprotected", "identity", "surrogate_of_unprotected",
+                  *(f"independent_{i}" for i in range(CHECK_MODELS)))  # fmt: skip
     null_scores = torch.cat([scores[n] for n in null_names])
     success_nc = success_threshold(scores["protected"], null_scores)
     null_rate = float((null_scores > success_nc).float().mean())
