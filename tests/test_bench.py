@@ -314,8 +314,7 @@ def test_detection_at_fpr_needs_enough_nulls():
     assert detection_at_fpr(flipped)[0]["TPR @ FPR 0.01"] == "2/4 (50%)"
     # Random-key statistics of a null row count as null scores, oriented like its own.
     pooled = [
-        dict(r, random_key_statistics=[-0.7 + k / 1000 for k in range(9)])
-        for r in flipped[:100]
+        dict(r, random_key_statistics=[-0.7 + k / 1000 for k in range(9)]) for r in flipped[:100]
     ] + flipped[120:]
     (entry,) = detection_at_fpr(pooled)
     assert entry["null models"] == 100 and entry["null scores"] == 1000
