@@ -4,10 +4,12 @@ Session 5's check of the output false-positive fix (docs/schemes/output.md): it 
 finished `pixmark bench benchmarks/fpr.yaml --out runs/fpr` (its derain target and its 99
 derain null models). Usage, one CPU thread:
 
-    .venv/bin/python benchmarks/output/experiments/null_check.py
+    .venv/bin/python benchmarks/output/experiments/null_check.py [CARRIER_HOLD]
 """
 
+import dataclasses
 import glob
+import sys
 import time
 
 import torch
@@ -21,7 +23,11 @@ torch.set_num_threads(1)
 start = time.time()
 target = load_model(glob.glob("runs/fpr/cache/targets/derain-*/model.safetensors")[0])
 key = api.keygen("output", owner="pixmark bench")
-protected = output.protect(target, key, task="derain", device="cpu", progress=False)
+hold = float(sys.argv[1]) if len(sys.argv) > 1 else output.PROFILES["quick"].carrier_hold
+profile = dataclasses.replace(output.PROFILES["quick"], carrier_hold=hold)
+protected = output.protect(
+    target, key, task="derain", profile=profile, device="cpu", progress=False
+)
 params = protected.key.params
 print("threshold", params["success_nc"], "null rate", params["null_rate"])
 print({k: round(v["mean"], 3) for k, v in protected.report["logo_nc"].items()})

@@ -90,6 +90,9 @@ class Profile:
     extract: float = 1.0  # λ
     warmup: float = 0.2  # fraction of stage 1 with the fidelity weight held at 1
     carrier: float = 0.03  # amplitude of the keyed carrier H is started on (see protect)
+    # weight of 1 - cos(H's residual, carrier), all of stage 1: without it H drifted off the
+    # carrier to a texture that weak independent U-Nets also make (1-5 of 99 verified)
+    carrier_hold: float = 1.0
     # stage 2: (architecture, loss) of each surrogate of the watermarked model; the clean
     # model gets one UNet L2 surrogate (the negatives)
     stage2: tuple[tuple[str, str], ...] = (("unet", "l2"), ("unet", "perceptual"))
@@ -591,6 +594,9 @@ def protect(
         prior = _prior_weight(step, warmup)
         if prior > 0:  # start H on the keyed carrier, then let it learn freely
             emd = emd + prior * F.mse_loss(b_wm - b, (prof.carrier * carrier_d).expand_as(b))
+        if prof.carrier_hold:  # keep the residual's direction on the keyed carrier
+            cos = F.cosine_similarity((b_wm - b).flatten(1), carrier_d.expand_as(b).flatten(1))
+            emd = emd + prof.carrier_hold * (1 - cos).mean()
         if prof.perceptual:
             emd = emd + prof.perceptual * perc(b_wm, b)
         if prof.adversarial:
