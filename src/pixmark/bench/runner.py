@@ -831,10 +831,12 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
     verify_seconds = time.perf_counter() - verify_start
     # More null scores from the same innocent model: random keys, where the scheme can
     # draw them without training anything (trigger).
-    random_key_fn = getattr(api.scheme_module(spec["scheme"]), "random_key_statistics", None)
     random_key_stats = None
-    if level == "null" and spec.get("random_keys") and random_key_fn is not None:
-        random_key_stats = [_finite(v) for v in random_key_fn(query, key, spec["random_keys"])]
+    if level == "null" and spec.get("random_keys"):
+        scheme = api.scheme_module(spec["scheme"])
+        if hasattr(scheme, "random_key_statistics"):
+            values = scheme.random_key_statistics(query, key, spec["random_keys"])
+            random_key_stats = [_finite(v) for v in values]
 
     # How much the attack cost the suspect: its outputs vs the protected model's.
     channels = api.model_channels(protected)

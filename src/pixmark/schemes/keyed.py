@@ -457,15 +457,24 @@ def extractor_config(key: Key, profile: str | dict[str, Any]) -> dict[str, Any]:
 EMBED_BER, CLEAN_BER = 0.15, 0.5
 
 
+#: Report entries E must not read (BER above ``CLEAN_BER``), and what they are.
+CLEAN_CHECKS = {
+    "ber_clean": "clean images",
+    "ber_unprotected": "the original host",
+    "ber_unmarked": "the unmarked shadow",
+    "ber_independent": "held-out independent models",
+}
+
+
+def _clean_bers(report: dict[str, Any]) -> dict[str, float]:
+    """The report's :data:`CLEAN_CHECKS` BERs (reports made before ``ber_independent``
+    existed count it as 1: nothing read)."""
+    return {k: report[k] if k != "ber_independent" else report.get(k, 1.0) for k in CLEAN_CHECKS}
+
+
 def embedded(report: dict[str, Any]) -> bool:
     """Did a protect run's mark take? (``EMBED_BER`` / ``CLEAN_BER`` on its report)."""
-    clean = min(
-        report["ber_clean"],
-        report["ber_unprotected"],
-        report["ber_unmarked"],
-        report.get("ber_independent", 1.0),
-    )
-    return report["ber"] <= EMBED_BER and clean > CLEAN_BER
+    return report["ber"] <= EMBED_BER and min(_clean_bers(report).values()) > CLEAN_BER
 
 
 #: Independent models trained at protect time (architecture, fraction of the profile's
@@ -489,14 +498,10 @@ def _failure(report: dict[str, Any]) -> str:
     """What :func:`embedded` found wrong with a run, in words (per-image BERs)."""
     if report["ber"] > EMBED_BER:
         return f"BER {report['ber']:.2f} on the protected outputs"
-    names = {
-        "ber_clean": "clean images",
-        "ber_unprotected": "the original host",
-        "ber_unmarked": "the unmarked shadow",
-        "ber_independent": "held-out independent models",
-    }
     read = [
-        f"{n} (BER {report[k]:.2f})" for k, n in names.items() if report.get(k, 1.0) <= CLEAN_BER
+        f"{CLEAN_CHECKS[k]} (BER {ber:.2f})"
+        for k, ber in _clean_bers(report).items()
+        if ber <= CLEAN_BER
     ]
     return "the extractor also reads " + ", ".join(read)
 

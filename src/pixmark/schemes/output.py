@@ -703,17 +703,17 @@ def protect(
         tensors={"queries": queries.contiguous(),
                  **{f"extractor.{k}": v.detach().clone() for k, v in r.state_dict().items()}},
     )  # fmt: skip
+    held_out = {f"independent_{i}": as_query(m) for i, m in enumerate(others[-CHECK_MODELS:])}
     populations = {
         "protected": as_query(wm),
         "unprotected": as_query(model),
         "identity": lambda x: x.clamp(0, 1),
         "surrogate_of_protected": as_query(surrogates["wm"]),
         "surrogate_of_unprotected": as_query(surrogates["clean"]),
-        **{f"independent_{i}": as_query(m) for i, m in enumerate(others[-CHECK_MODELS:])},
+        **held_out,
     }
     scores = {name: query_scores(q, key)[1] for name, q in populations.items()}
-    null_names = ("unprotected", "identity", "surrogate_of_unprotected",
-                  *(f"independent_{i}" for i in range(CHECK_MODELS)))  # fmt: skip
+    null_names = ("unprotected", "identity", "surrogate_of_unprotected", *held_out)
     null_scores = torch.cat([scores[n] for n in null_names])
     success_nc = success_threshold(scores["protected"], null_scores)
     null_rate = float((null_scores > success_nc).float().mean())

@@ -838,8 +838,9 @@ def protect(
     # The suspect's NCC threshold sits above what keys that are not this one reach: the
     # original host on K and on random keys, and the protected host on random keys (its
     # backdoor partly generalises to other noise images), below the paper's 0.95.
-    on_original = null_scores([as_query(original)], protected_key, NULL_KEYS)["ncc"]
-    on_protected = null_scores([as_query(model)], protected_key, NULL_KEYS)["ncc"][1:]
+    nccs = null_scores([as_query(original), as_query(model)], protected_key, NULL_KEYS)["ncc"]
+    per_host = NULL_KEYS + 1  # K, then the random keys, for each host in turn
+    on_original, on_protected = nccs[:per_host], nccs[per_host + 1 :]
     report["null_ncc_max"] = max(on_original)
     report["random_key_ncc_max_protected"] = max(on_protected)
     report["match_ncc"] = match_threshold(on_original + on_protected)
