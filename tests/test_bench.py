@@ -410,6 +410,11 @@ def test_config_profiles_and_named_attacks(tmp_path):
     small = protects["protect trigger-small denoise seed 0"]
     assert small["settings"]["scheme"] == "trigger" and small["settings"]["keygen"] == {"size": 20}
     assert small["dir"] != protects["protect trigger denoise seed 0"]["dir"]
+    # the long chain (target -> protections) comes before the null models, which only
+    # cells wait on, so a free worker starts a protection as soon as its target is done
+    kinds = [job.kind for job in plan(load_config(TINY))[0]]
+    assert kinds[0] == "target" and "null" in kinds
+    assert max(i for i, k in enumerate(kinds) if k != "null") < kinds.index("null")
     with pytest.raises(PixmarkError, match="no profile 'gpu'; it defines: quick, paper"):
         load_config(path, "gpu")
     with pytest.raises(PixmarkError, match="no profile 'quick'; it defines: none"):

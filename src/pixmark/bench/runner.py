@@ -382,11 +382,8 @@ def plan(cfg: dict[str, Any]) -> tuple[list[Job], list[Job]]:
     targets_done: set[str] = set()
     null_specs: dict[str, list[dict[str, Any]]] = {}
     for task in cfg["tasks"]:
-        if task not in used_tasks:
-            continue
-        null_specs[task] = [_null_spec(cfg, task, i) for i in range(cfg["nulls"]["count"])]
-        for ns in null_specs[task]:
-            builds.append(Job("null", f"null {task} {ns['name']}", {**common, **ns}))
+        if task in used_tasks:
+            null_specs[task] = [_null_spec(cfg, task, i) for i in range(cfg["nulls"]["count"])]
     for scheme, s in cfg["schemes"].items():
         for task in s["tasks"]:
             for seed in cfg["seeds"]:
@@ -421,6 +418,11 @@ def plan(cfg: dict[str, Any]) -> tuple[list[Job], list[Job]]:
                     # A null model is not checked against itself.
                     cell.spec["null_dirs"] = [d for d in base["null_dirs"] if d != ns["dir"]]
                     cells.append(cell)
+    # Null models last: a worker takes the first job that is ready, and targets and
+    # protections are the long chain every cell waits on (nulls fill the idle workers).
+    for task, specs in null_specs.items():
+        for ns in specs:
+            builds.append(Job("null", f"null {task} {ns['name']}", {**common, **ns}))
     return builds, cells
 
 

@@ -61,6 +61,19 @@ def profile_settings(
     return settings
 
 
+class Scalar:
+    """A float that checkpoints with the training state (a loss weight a controller moves)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
 def independent_models(
     key: Key,
     task: str,

@@ -42,7 +42,14 @@ from pixmark import nets
 from pixmark.errors import PixmarkError
 from pixmark.keys import Key, new_key
 from pixmark.metrics import centered_nc, psnr
-from pixmark.schemes.base import Protected, Query, as_query, check_profile, independent_models
+from pixmark.schemes.base import (
+    Protected,
+    Query,
+    Scalar,
+    as_query,
+    check_profile,
+    independent_models,
+)
 from pixmark.stats import Verdict, decide, pooled_success_test
 from pixmark.train import Device, run, seed_everything
 
@@ -373,19 +380,6 @@ def keygen(
 # --------------------------------------------------------------------------- training
 
 
-class _Scalar:
-    """A float that checkpoints with the training state (the fidelity weight)."""
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
-
-
 def _roll(x: Tensor, g: torch.Generator) -> Tensor:
     """Circularly shift each image by its own random even offset.
 
@@ -579,7 +573,7 @@ def protect(
     opt = torch.optim.Adam(list(h.parameters()) + list(r.parameters()), lr=prof.lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=prof.lr, betas=betas)
     pool = _Pool(a_pool, b_pool, key.seed("stage1") % 2**31)
-    weight = _Scalar(1.0)
+    weight = Scalar(1.0)
     carrier_d = carrier(key, channels, prof.size).to(dev)
     g_aug = torch.Generator().manual_seed(key.seed("augment") % 2**31)
     warmup = int(prof.warmup * prof.steps)
