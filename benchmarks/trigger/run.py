@@ -3,10 +3,13 @@
     PYTHONPATH=src .venv/bin/python benchmarks/trigger/run.py --host dncnn --profile quick \
         --out runs/bench-trigger
     ... --design bernoulli     # the paper's Base-1 baseline through the same pipeline
+    ... --host red | vdsr      # the paper's other denoising hosts, trained here
+    ... --host vdsr --task sr2 # super-resolution (x2, VDSR convention); --host dncnn: SR-DnCNN
 
 Writes ``results.json`` and ``evidence/`` under ``--out``. Every figure comes from this one
-run: the host (a small DnCNN trained here on the bundled images, or the pretrained FFDNet),
-null models (the same recipe with other seeds), and attacks applied to the protected model.
+run: the host (a small DnCNN, RED or VDSR trained here on the bundled images, or the
+pretrained FFDNet), null models (the same recipe with other seeds), and attacks applied to
+the protected model.
 """
 
 from __future__ import annotations
@@ -53,33 +56,47 @@ def finetune(model: nn.Module, steps: int, seed: int, task: str = "denoise") -> 
     return tuned.eval()
 
 
-def dncnn(seed: int, steps: int) -> nn.Module:
-    """The benchmark's small host and null models: gray DnCNN, depth 8, width 32, 40 px."""
+#: Hosts trained here (gray, 40 px crops): the paper's DnCNN, RED and VDSR, all with
+#: ``--task denoise``; with ``--task sr2`` a VDSR or DnCNN ("SR-DnCNN") on upsampled inputs.
+HOSTS = {
+    "dncnn": {"width": 32, "arch_kwargs": {"depth": 8}},
+    "red": {"width": 32, "arch_kwargs": {}},
+    "vdsr": {"width": 32, "arch_kwargs": {"depth": 8}},
+}
+
+
+def train_host(arch: str, seed: int, steps: int, task: str = "denoise") -> nn.Module:
+    """A benchmark host or null model: ``HOSTS[arch]``, gray, 40 px crops of the bundled photos."""
     return train_model(
-        "denoise",
-        "dncnn",
+        task,
+        arch,
         steps=steps,
         size=40,
-        width=32,
         channels=1,
         seed=seed,
-        arch_kwargs={"depth": 8},
         device="cpu",
         progress=False,
+        **HOSTS[arch],
     ).model
 
 
-def psnr_on_test(model: nn.Module, channels: int) -> float:
+def dncnn(seed: int, steps: int) -> nn.Module:
+    """The benchmark's default host and null models: gray DnCNN, depth 8, width 32, 40 px."""
+    return train_host("dncnn", seed, steps)
+
+
+def psnr_on_test(model: nn.Module, channels: int, task: str = "denoise") -> float:
     from pixmark.metrics import psnr
 
     splits = pdata.split_images(pdata.images("builtin", channels=channels), seed=0)
-    x, y = pdata.fixed_pairs([i for _, i in splits["test"]], "denoise", 64, 16, 2, channels)
+    x, y = pdata.fixed_pairs([i for _, i in splits["test"]], task, 64, 16, 2, channels)
     return float(psnr(as_query(model)(x), y))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", choices=("dncnn", "ffdnet"), default="dncnn")
+    parser.add_argument("--host", choices=(*HOSTS, "ffdnet"), default="dncnn")
+    parser.add_argument("--task", default="denoise", help="denoise, or sr2 (VDSR/DnCNN hosts)")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--host-steps", type=int, default=400)
     parser.add_argument("--nulls", type=int, default=2)
@@ -99,12 +116,19 @@ def main() -> None:
     results: dict = {"args": vars(args), "device": "cpu", "torch_threads": args.threads}
     t0 = time.perf_counter()
 
-    host = pretrained_ffdnet(channels=1) if args.host == "ffdnet" else dncnn(0, args.host_steps)
-    nulls = [dncnn(100 + i, args.host_steps) for i in range(args.nulls)]
-    results["host_psnr"] = psnr_on_test(host, 1)
-    results["null_psnr"] = [psnr_on_test(m, 1) for m in nulls]
+    task = args.task
+    if args.host == "ffdnet" and task != "denoise":
+        parser.error("the pretrained FFDNet is a denoiser (--task denoise)")
+    if args.host == "ffdnet":
+        host = pretrained_ffdnet(channels=1)
+    else:
+        host = train_host(args.host, 0, args.host_steps, task)
+    null_arch = args.host if args.host != "ffdnet" else "dncnn"
+    nulls = [train_host(null_arch, 100 + i, args.host_steps, task) for i in range(args.nulls)]
+    results["host_psnr"] = psnr_on_test(host, 1, task)
+    results["null_psnr"] = [psnr_on_test(m, 1, task) for m in nulls]
 
-    key = trigger.keygen("ACME Imaging", secret="5e" * 32, design=args.design)
+    key = trigger.keygen("ACME Imaging", secret="5e" * 32, design=args.design, task=task)
     t = time.perf_counter()
     protected = trigger.protect(
         host,
@@ -164,7 +188,7 @@ def main() -> None:
     results["uniqueness"] = uniq
 
     # Ambiguity attack: best of N forged keys on the stolen (protected) model.
-    forged = trigger.forge_key(model, "Mallory", tries=args.forge_tries)
+    forged = trigger.forge_key(model, "Mallory", tries=args.forge_tries, task=task)
     v = trigger.verify(as_query(model), forged)
     results["forged"] = {
         "tries": args.forge_tries,
@@ -181,7 +205,7 @@ def main() -> None:
         results["pruning"].append(
             {
                 "rate": rate,
-                "psnr": psnr_on_test(pruned, 1),
+                "psnr": psnr_on_test(pruned, 1, task),
                 "d": v.statistic,
                 "ncc": v.details["ncc"],
                 "logo_ncc": v.details.get("logo_ncc"),
@@ -191,12 +215,12 @@ def main() -> None:
 
     results["finetuning"] = []
     for steps in (100, 300):
-        tuned = finetune(model, steps, seed=7)
+        tuned = finetune(model, steps, seed=7, task=task)
         v = trigger.verify(as_query(tuned), pkey)
         results["finetuning"].append(
             {
                 "steps": steps,
-                "psnr": psnr_on_test(tuned, 1),
+                "psnr": psnr_on_test(tuned, 1, task),
                 "d": v.statistic,
                 "ncc": v.details["ncc"],
                 "decision": v.decision,
