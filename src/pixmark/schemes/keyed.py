@@ -117,7 +117,9 @@ NEG_WEIGHT, THETA_HOST, FIDELITY = 4.0, 4.0, 200.0
 #: The fidelity weight grows geometrically from ``FIDELITY`` to ``FIDELITY_END`` between
 #: 50 % and 90 % of the steps: a loose tie lets the mark start, the tight one then
 #: squeezes it to what E still reads (at 1000 from the start the mark never started).
-FIDELITY_END = 3000.0
+#: Measured on the tests' U-Net denoiser, three secrets (docs/schemes/keyed.md, session 6):
+#: ending at 3000 cost 0.72 dB, at 10000 0.48-0.57 dB; at 30000 the mark did not hold.
+FIDELITY_END = 10000.0
 #: Weight of the gate's own loss: binary cross-entropy of E's gate logit, 1 for the host's
 #: outputs and 0 for the negatives. It gives the gate (and through it the host) a direct
 #: signal from the first step instead of only through E's watermark output.
