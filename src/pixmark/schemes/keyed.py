@@ -140,6 +140,7 @@ QR_BORDER = 2
 #: Training budgets. ``size``: working crop side (a multiple of 64; E folds it onto the
 #: 64 x 64 grid with r = size / 64). ``lr_g``/``lr_e``: Adam rates of host and extractor
 #: (cosine decay to 5 %). ``queries``: verification images stored in the key.
+#: ``fidelity_end``: where the fidelity ramp ends (``FIDELITY_END``).
 #: ``paper``: 256 x 256, Adam (beta1 0.5, beta2 0.999) as in the paper (its printed rate
 #: 1e-8 cannot train anything; we use pix2pix's 2e-4), E_B with 48 channels.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -157,6 +158,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "queries": 16,
         "eval_count": 16,
         "independent": {"steps": 100, "width": 8, "size": 40},
+        "fidelity_end": FIDELITY_END,
     },
     # The quick recipe three times as long (~5 min per attempt on one CPU core): what SR and
     # deblurring hosts need (docs/schemes/keyed.md). The 128 px, wider setting it replaced
@@ -175,6 +177,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "queries": 32,
         "eval_count": 32,
         "independent": {"steps": 300, "width": 8, "size": 48},
+        "fidelity_end": FIDELITY_END,
     },
     "paper": {
         "steps": 100_000,
@@ -190,6 +193,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "queries": 64,
         "eval_count": 64,
         "independent": {"steps": 3000, "width": 32, "size": 96},
+        "fidelity_end": FIDELITY_END,
     },
 }
 
@@ -700,7 +704,7 @@ def protect(
             labels = torch.cat([torch.ones(bs), torch.zeros(len(clean))]).to(logits.device)
             l_w = l_w + GATE_WEIGHT * F.binary_cross_entropy_with_logits(logits, labels)
             ramp = min(max((step / max(prof["steps"], 1) - 0.5) / 0.4, 0.0), 1.0)
-            fid = FIDELITY * (FIDELITY_END / FIDELITY) ** ramp
+            fid = FIDELITY * (prof["fidelity_end"] / FIDELITY) ** ramp
             loss = l_t + THETA_HOST * l_w + fid * l_f + l_s
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
