@@ -136,7 +136,11 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
                 profile=args.profile,
                 robust=robust,
                 attempts=args.attempts,
-                overrides={"steps": args.steps} if args.steps else None,
+                overrides=(
+                    ({"steps": args.steps} if args.steps else {})
+                    | ({"fidelity_end": args.fidelity_end} if args.fidelity_end else {})
+                )
+                or None,
                 device="cpu",
                 progress=False,
             )
@@ -180,6 +184,9 @@ def main() -> None:
     parser.add_argument("--robust", action="store_true", help="also protect with robust=True")
     parser.add_argument("--nulls", type=int, default=3)
     parser.add_argument("--attempts", type=int, default=2, help="keyed.protect attempts")
+    parser.add_argument(
+        "--fidelity-end", type=float, default=0, help="end of the fidelity ramp (0: the profile's)"
+    )
     parser.add_argument("--steps", type=int, default=0, help="protect steps (0: the profile's)")
     parser.add_argument("--robust-only", action="store_true", help="only robust=True runs")
     parser.add_argument("--host-steps", type=int, default=400)
