@@ -123,6 +123,8 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     watermark = "binary"
     if args.watermark == "color":
         watermark = str(colour_logo(out / f"logo-{task}.png", args.owner))
+    # profile entries replaced from the command line (0: keep the profile's)
+    overrides = {k: v for k, v in (("steps", args.steps), ("fidelity_end", args.fidelity_end)) if v}
     rows = []
     for robust in [True] if args.robust_only else [False, True] if args.robust else [False]:
         secret = hashlib.sha256(f"pixmark keyed bench {task} {args.seed}".encode()).hexdigest()
@@ -136,11 +138,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
                 profile=args.profile,
                 robust=robust,
                 attempts=args.attempts,
-                overrides=(
-                    ({"steps": args.steps} if args.steps else {})
-                    | ({"fidelity_end": args.fidelity_end} if args.fidelity_end else {})
-                )
-                or None,
+                overrides=overrides or None,
                 device="cpu",
                 progress=False,
             )

@@ -117,13 +117,12 @@ def main() -> None:
     t0 = time.perf_counter()
 
     task = args.task
-    if args.host == "ffdnet" and task != "denoise":
-        parser.error("the pretrained FFDNet is a denoiser (--task denoise)")
     if args.host == "ffdnet":
-        host = pretrained_ffdnet(channels=1)
+        if task != "denoise":
+            parser.error("the pretrained FFDNet is a denoiser (--task denoise)")
+        host, null_arch = pretrained_ffdnet(channels=1), "dncnn"
     else:
-        host = train_host(args.host, 0, args.host_steps, task)
-    null_arch = args.host if args.host != "ffdnet" else "dncnn"
+        host, null_arch = train_host(args.host, 0, args.host_steps, task), args.host
     nulls = [train_host(null_arch, 100 + i, args.host_steps, task) for i in range(args.nulls)]
     results["host_psnr"] = psnr_on_test(host, 1, task)
     results["null_psnr"] = [psnr_on_test(m, 1, task) for m in nulls]
