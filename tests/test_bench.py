@@ -19,7 +19,7 @@ import torch
 
 from pixmark.bench import load_config, read_rows, run_bench
 from pixmark.bench.report import detection_at_fpr
-from pixmark.bench.runner import attacked_query, plan
+from pixmark.bench.runner import attacked_query, discard, plan
 from pixmark.errors import PixmarkError
 
 #: A grid that runs in about a minute on 2 CPU cores: one small DnCNN protected with the
@@ -204,6 +204,97 @@ def test_changed_settings_make_new_cells(bench_dir):
     assert len(old) == len(new) == N_CELLS and not old & new
     same = {j.name for j in plan(load_config(json.loads(json.dumps(TINY))))[1]}
     assert same == old
+
+
+@pytest.mark.slow
+def test_rebuild_forgets_builds_and_reruns_their_cells(bench_dir, tmp_path):
+    """After a scheme's code changes, --rebuild retrains what it names, keeps the rest."""
+    out = tmp_path / "rebuild"
+    shutil.copytree(bench_dir, out)
+    ids = sorted(r["cell_id"] for r in read_rows(out / "results.jsonl"))
+    builds, cells = plan(load_config(TINY))
+    before = _artefacts(out)
+    kept = discard(out, builds, cells, read_rows(out / "results.jsonl"), ["protected"])
+    assert kept == [] and read_rows(out / "results.jsonl") == []  # every cell uses it
+    after = _artefacts(out)
+    assert not [k for k in after if "protected" in k]  # deleted, not just its manifest
+    assert {k: v for k, v in before.items() if "protected" not in k} == after
+    with pytest.raises(PixmarkError, match="cannot rebuild models: choose from targets"):
+        discard(out, builds, cells, [], ["models"])
+
+    # "cells" re-runs every cell on the cached builds (here: after the protection is redone).
+    run_bench(TINY, out, progress=False, report=False)
+    rebuilt = _artefacts(out)
+    first = {r["cell_id"]: r["seconds"] for r in read_rows(out / "results.jsonl")}
+    run_bench(TINY, out, progress=False, report=False, rebuild=["cells"])
+    rows = read_rows(out / "results.jsonl")
+    assert sorted(r["cell_id"] for r in rows) == ids  # each cell once, none stale
+    assert _artefacts(out) == rebuilt  # no build trained again
+    assert any(r["seconds"] != first[r["cell_id"]] for r in rows)  # the cells really ran
+
+
+def _workers(pid: int) -> list[int]:
+    """Pids of the multiprocessing spawn workers whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and "spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_bench_stops_its_workers(tmp_path, sig):
+    """A kill of the main process alone (SIGTERM or SIGKILL) leaves no worker training."""
+    long = json.loads(json.dumps(TINY))
+    long["tasks"]["denoise"]["steps"] = 10**6  # the target trains until it is killed
+    script = (
+        "import sys, json; from pixmark.bench import run_bench; "
+        "run_bench(json.loads(sys.argv[1]), sys.argv[2], workers=2, progress=False)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(long), str(tmp_path / "b")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _workers(proc.pid)) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the bench started no workers"
+            time.sleep(0.1)
+        time.sleep(3)  # let them import torch and take their jobs
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while [w for w in workers if _alive(w)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "workers outlived the bench"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in [w for w in workers if _alive(w)]:
+            os.kill(w, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- chromium

@@ -410,6 +410,13 @@ def bench(
     report_only: Annotated[
         bool, typer.Option("--report-only", help="Rebuild the report from results.")
     ] = False,
+    rebuild: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: targets, nulls, protected, cells. Train those again and "
+            "re-run the cells that use them (the cache is keyed by settings, not by code)."
+        ),
+    ] = "",
 ) -> None:
     """Run a scheme x task x attack x strength x seed grid; resumable; writes report.html."""
     from pixmark.bench import run_bench, write_bench_report
@@ -417,7 +424,14 @@ def bench(
     if report_only:
         report = write_bench_report(out)
     else:
-        report = run_bench(config, out, workers=workers, progress=not no_progress, profile=profile)
+        report = run_bench(
+            config,
+            out,
+            workers=workers,
+            progress=not no_progress,
+            profile=profile,
+            rebuild=[k.strip() for k in rebuild.split(",") if k.strip()],
+        )
     console.print(f"report -> {report}")
 
 

@@ -29,9 +29,13 @@ import json
 import math
 import os
 import platform
+import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -47,6 +51,8 @@ from pixmark.fileio import atomic_write_json, atomic_write_text
 CLEAN = "none"
 NULL = "null"
 RESULTS = "results.jsonl"
+#: What ``run_bench(rebuild=...)`` can redo, and the build job kind each names.
+REBUILD = {"targets": "target", "nulls": "null", "protected": "protect", "cells": None}
 #: Settings every cell row carries (in this order first).
 ROW_KEYS = (
     "cell_id",
@@ -939,11 +945,15 @@ def run_bench(
     progress: bool = True,
     report: bool = True,
     profile: str | None = None,
+    rebuild: Iterable[str] = (),
 ) -> Path:
     """Run the benchmark grid of ``config`` into ``out_dir``; return the report path.
 
     Resumable: cells whose id is already in ``out_dir/results.jsonl`` are skipped, and
     targets, null models, keys and protected models are reused from ``out_dir/cache``.
+    The cache is keyed by settings, not by pixmark's code: after a scheme changes, pass
+    ``rebuild`` (any of ``targets``, ``nulls``, ``protected``, ``cells``; see
+    :func:`discard`) to train those again and re-run every cell that uses them.
     ``workers > 1`` runs independent jobs in that many spawned processes. Writes
     ``results.jsonl``, ``config.json`` (the normalised config), ``report.html`` and
     ``report.md``; returns the path of ``report.html``. ``profile`` picks one of the
@@ -959,6 +969,8 @@ def run_bench(
     builds, cells = plan(cfg)
     results = out / RESULTS
     rows = _repair(results)
+    if rebuild:
+        rows = discard(out, builds, cells, rows, rebuild)
     # Rows of cells that failed are retried.
     finished = {r["cell_id"] for r in rows if r.get("decision") != "error"}
     todo_cells = [c for c in cells if c.name not in finished]
@@ -1017,6 +1029,37 @@ def run_bench(
     return results
 
 
+def discard(
+    out: Path,
+    builds: list[Job],
+    cells: list[Job],
+    rows: list[dict[str, Any]],
+    kinds: Iterable[str],
+) -> list[dict[str, Any]]:
+    """Forget cached builds of ``kinds`` and the rows of every cell that depends on them.
+
+    ``targets`` implies ``protected`` (a protection is made from its target); ``cells``
+    re-runs every cell and keeps all builds. The builds' cache folders are deleted (a
+    half-trained model must not be mistaken for a finished one after a kill) and
+    ``results.jsonl`` is rewritten without the dropped rows. Returns the rows kept.
+    """
+    wanted = set(kinds)
+    unknown = sorted(wanted - set(REBUILD))
+    if unknown:
+        raise PixmarkError(f"cannot rebuild {', '.join(unknown)}: choose from {', '.join(REBUILD)}")
+    if "targets" in wanted:
+        wanted.add("protected")
+    redo = {b.name for b in builds if b.kind in {REBUILD[k] for k in wanted}}
+    for build in builds:
+        if build.name in redo:
+            shutil.rmtree(out / build.spec["dir"], ignore_errors=True)
+    rerun = {c.name for c in cells if "cells" in wanted or redo & set(c.after)}
+    kept = [r for r in rows if r.get("cell_id") not in rerun]
+    if len(kept) != len(rows):
+        atomic_write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
 def _jsonable_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(cfg, default=_json_default))
 
@@ -1060,17 +1103,65 @@ def _schedule(
             done.add(job.name)
         return
     running: dict[Future[dict[str, Any]], Job] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        while pending or running:
-            for job in [j for j in pending if ready(j)]:
-                if len(running) >= workers:
-                    break
-                pending.remove(job)
-                running[pool.submit(execute, job.kind, out_dir, job.spec, env)] = job
-            if not running:  # pragma: no cover
-                raise PixmarkError("bench jobs wait on each other in a cycle")
-            complete, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in complete:
-                job = running.pop(future)
-                finished(job, _guarded(job, _result_of(future), out_dir, env))
-                done.add(job.name)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+    try:
+        with _sigterm_as_interrupt():
+            while pending or running:
+                for job in [j for j in pending if ready(j)]:
+                    if len(running) >= workers:
+                        break
+                    pending.remove(job)
+                    running[pool.submit(execute, job.kind, out_dir, job.spec, env)] = job
+                if not running:  # pragma: no cover
+                    raise PixmarkError("bench jobs wait on each other in a cycle")
+                complete, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in complete:
+                    job = running.pop(future)
+                    finished(job, _guarded(job, _result_of(future), out_dir, env))
+                    done.add(job.name)
+    except BaseException:
+        # Ctrl-C, SIGTERM or a failed build: stop the workers now instead of waiting for
+        # their jobs (minutes of training) to finish; the cache and rows stay resumable.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: exit when the bench's main process dies, however it dies.
+
+    On Linux the kernel sends the worker SIGTERM when its parent exits (prctl
+    PR_SET_PDEATHSIG), so even a SIGKILL of the main process leaves no worker training.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread (so the
+    workers are stopped as for Ctrl-C); elsewhere the handler is left as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
