@@ -114,6 +114,9 @@ def test_key_bits_and_qr_come_from_the_secret():
     # The QR code reads back as the owner's name and the key's id.
     text = keyed.decode_qr(keyed.target_of(a))
     assert text == a.params["qr_text"] == f"{keyed.key_id(a)[:8]}:ACME Imaging"
+    # A faint echo of it (what E reads off some unmarked models) is not evidence.
+    assert keyed.decode_qr(0.6 * keyed.target_of(a)) == text
+    assert keyed.decode_qr(0.2 * keyed.target_of(a)) is None
     assert a.params["qr_text"] != c.params["qr_text"]
     assert keyed.check_key(a)["valid"]
 
@@ -216,6 +219,7 @@ def test_clean_models_and_clean_images_do_not_match(host, unmarked, protected):
         verdict = keyed.verify(query, key)
         assert verdict.decision == "no match", f"{name}: {verdict.summary()}"
         assert verdict.details["ber_mean"] > 0.2, name
+        assert not verdict.details["qr_matches_owner"], f"{name}: the QR names the owner"
     report = protected.report
     assert min(report["ber_clean"], report["ber_unprotected"], report["ber_unmarked"]) > 0.2
 

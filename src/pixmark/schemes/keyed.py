@@ -924,7 +924,10 @@ def _query(query: Query, inputs: Tensor, what: str) -> Tensor:
 def decode_qr(consensus: Tensor) -> str | None:
     """The text of the QR code in a recovered binary watermark [1, 1, h, w], or None.
 
-    Needs ``zxing-cpp``; returns None when it is not installed or nothing decodes.
+    A module reads dark only where the watermark says so with at least ``AGREE`` (half)
+    strength, as for the block bits: E's faint echo of its watermark on an unmarked
+    model's outputs has the right signs but is not evidence, and must not decode to the
+    owner. Needs ``zxing-cpp``; returns None when it is not installed or nothing decodes.
     """
     try:
         import zxingcpp
@@ -932,7 +935,7 @@ def decode_qr(consensus: Tensor) -> str | None:
         return None
     from PIL import Image
 
-    bits = (consensus[0, 0] > 0).to(torch.uint8).numpy() * 255
+    bits = (consensus[0, 0] > -AGREE).to(torch.uint8).numpy() * 255
     image = Image.fromarray(bits).resize((bits.shape[1] * 4, bits.shape[0] * 4), Image.NEAREST)
     canvas = Image.new("L", (image.width + 32, image.height + 32), 255)
     canvas.paste(image, (16, 16))
