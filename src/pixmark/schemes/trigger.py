@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "early_stop": True,
         "check_every": 25,
         "embed_fraction": 0.25,
+        "negatives": 0,
+        "awp": 0.0,
         "vis_steps": 300,
         "vis_width": 16,
         "vis_batch": 8,
@@ -125,6 +128,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "early_stop": False,
         "check_every": 100,
         "embed_fraction": 0.25,
+        "negatives": 0,
+        "awp": 0.0,
         "vis_steps": 1000,
         "vis_width": 32,
         "vis_batch": 16,
@@ -141,6 +146,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "early_stop": False,
         "check_every": 500,
         "embed_fraction": 0.25,
+        "negatives": 0,
+        "awp": 0.0,
         "vis_steps": 3000,
         "vis_width": 32,
         "vis_batch": 32,
@@ -613,6 +620,7 @@ def _finetune(
     weight: float,
     steps: int,
     stop_at: float | None = None,
+    negatives: Callable[[int], tuple[Tensor, Tensor]] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
@@ -623,6 +631,8 @@ def _finetune(
     frozen batch-norm statistics, ``copies`` trigger copies in a batch are exactly a weight
     of ``lam * copies`` on one copy, which is how they are applied. With ``stop_at`` the
     steps after the first check with d <= stop_at and residual NCC >= 0.99 do nothing.
+    ``negatives(step) -> (inputs, targets)``: other noise images and the original host's
+    answers to them, kept at the same weight per image (the backdoor stays K's own).
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=prof["lr"])
     state = _EmbedState()
@@ -639,9 +649,17 @@ def _finetune(
             out_k = model(k_dev).float() if weight > 0 else None
         l_d = 0.5 * (out - y).pow(2).flatten(1).sum(1).mean()
         l_w = (out_k - s_dev).pow(2).sum() if out_k is not None else torch.zeros(())
+        if negatives is not None and weight > 0:
+            k_neg, s_neg = (t.to(dev.torch) for t in negatives(step))
+            with dev.autocast():
+                out_neg = model(k_neg).float()
+            per_trigger = k_neg.shape[0] // k_dev.shape[0]
+            l_w = l_w + (out_neg - s_neg).pow(2).sum() / per_trigger
         loss = l_d + weight * l_w
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if prof.get("awp", 0) > 0 and weight > 0:
+            _perturbed_trigger_loss(model, k_dev, s_dev, weight, prof["awp"], dev)
         optimizer.step()
         if stop_at is not None and (step + 1) % prof["check_every"] == 0:
             response = as_query(model)(trigger)
@@ -666,6 +684,56 @@ def _finetune(
         progress=progress,
     )
     return state, history
+
+
+def _perturbed_trigger_loss(
+    model: nn.Module, trigger: Tensor, target: Tensor, weight: float, rho: float, dev: Device
+) -> None:
+    """Add to the gradients the trigger loss's gradient at the worst nearby weights.
+
+    Adversarial weight perturbation (Gan et al., ICCV 2023, for classifier watermarks): each
+    conv/linear weight W moves by ``rho * ||W||`` along the ascent direction of
+    ||M(K) - S||^2, the loss is taken there, and its gradient added to the ones already
+    in ``.grad``. Fine-tuning and pruning move weights by a few per cent; a response that
+    holds in the worst such neighbourhood holds under them.
+    """
+    weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    with dev.autocast():
+        loss = (model(trigger).float() - target).pow(2).sum()
+    grads = torch.autograd.grad(loss, weights)
+    steps = []
+    with torch.no_grad():
+        for w, g in zip(weights, grads, strict=True):
+            step = rho * w.norm() * g / (g.norm() + 1e-12)
+            w.add_(step)
+            steps.append(step)
+    with dev.autocast():
+        worst = (model(trigger).float() - target).pow(2).sum()
+    (weight * worst).backward()
+    with torch.no_grad():
+        for w, step in zip(weights, steps, strict=True):
+            w.sub_(step)
+
+
+def _negative_triggers(
+    original: nn.Module, key: Key, count: int, dev: Device
+) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """``step -> (inputs, targets)``: ``count`` fresh noise triggers per key trigger, drawn
+    like the key's (from the key's ``negatives`` stream and the step, so a resumed run sees
+    the same ones), and the original host's answers to them."""
+    p = _params(key)
+    side = p["size"] // (sr_scale(p["task"]) or 1)
+    anchor = copy.deepcopy(original).to(dev.torch).eval()
+    base = key.seed("negatives") % 2**31
+
+    @torch.no_grad()
+    def draw(step: int) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(base + step)
+        shape = (p["count"] * count, p["channels"], side, side)
+        inputs = trigger_input(torch.rand(shape, generator=g), p["task"]).to(dev.torch)
+        return inputs, anchor(inputs).float()
+
+    return draw
 
 
 def protect(
@@ -748,6 +816,9 @@ def protect(
 
     sampler_seed = key.seed("protect") % 2**31
     sampler = pdata.PairSampler(train_imgs, spec, prof["patch"], channels, seed=sampler_seed)
+    negatives = None
+    if prof.get("negatives", 0) > 0:
+        negatives = _negative_triggers(original, key, prof["negatives"], dev)
     state, history = _finetune(
         model,
         sampler,
@@ -758,6 +829,7 @@ def protect(
         weight=prof["lam"] * prof["copies"],
         steps=prof["steps"],
         stop_at=eta * prof["embed_fraction"] if prof["early_stop"] else None,
+        negatives=negatives,
         checkpoint=checkpoint,
         resume=resume,
         progress=progress,
