@@ -267,3 +267,37 @@ def test_key_threshold_sits_between_other_keys_and_the_papers(protected, host, n
         if verdict.decision == "match" and verdict.details["paper_decision"] == "no match":
             gained.append(amount)
     assert gained, "no pruning strength between the key's threshold and the paper's"
+
+
+def test_weight_perturbation_takes_the_trigger_loss_at_the_worst_nearby_weights(host):
+    """awp: the added gradient is the trigger loss's at W + rho ||W|| g / ||g||, and the
+    weights come back exactly."""
+    import copy
+
+    from pixmark.train import Device
+
+    model = copy.deepcopy(host).train()
+    key = trigger.keygen("ACME Imaging", secret=SECRET)
+    k = key.tensor("trigger").float()
+    s = trigger.designed(k, "denoise")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    trigger._perturbed_trigger_loss(model, k, s, 2.0, 0.01, Device("cpu"))
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n  # restored bit for bit
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    # The same by hand: ascend along the loss's gradient, per weight tensor.
+    manual = copy.deepcopy(model)
+    manual.zero_grad(set_to_none=True)
+    weights = [p for p in manual.parameters() if p.dim() > 1]
+    clean_loss = (manual(k) - s).pow(2).sum()
+    grads = torch.autograd.grad(clean_loss, weights)
+    with torch.no_grad():
+        for w, g in zip(weights, grads, strict=True):
+            w += 0.01 * w.norm() * g / g.norm()
+    worst = (manual(k) - s).pow(2).sum()
+    assert float(worst.detach()) > float(clean_loss.detach())  # an ascent step
+    (2.0 * worst).backward()
+    for n, p in manual.named_parameters():
+        assert torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-7), n

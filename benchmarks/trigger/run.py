@@ -44,6 +44,16 @@ def prune(model: nn.Module, rate: float) -> nn.Module:
     return pruned.eval()
 
 
+def drift(before: nn.Module, after: nn.Module) -> float:
+    """How far an attack moved the weights: ||W' - W|| / ||W|| over conv/linear weights."""
+    num = den = 0.0
+    for a, b in zip(before.parameters(), after.parameters(), strict=True):
+        if a.dim() > 1:
+            num += float((b.detach() - a.detach()).pow(2).sum())
+            den += float(a.detach().pow(2).sum())
+    return (num / den) ** 0.5
+
+
 def finetune(model: nn.Module, steps: int, seed: int, task: str = "denoise") -> nn.Module:
     """The attacker fine-tunes on clean task data only (l_d, Adam 1e-4, batch 8, 40 px)."""
     tuned = copy.deepcopy(model)
@@ -106,6 +116,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=None, help="override the profile's lr")
     parser.add_argument("--lam", type=float, default=None, help="override the profile's lambda")
+    parser.add_argument("--awp", type=float, default=None, help="override the profile's awp")
     parser.add_argument(
         "--design", default="sobel", help="sobel, gradient, or bernoulli (the paper's Base-1)"
     )
@@ -136,7 +147,11 @@ def main() -> None:
         device="cpu",
         progress=False,
         control_run=True,
-        overrides={k: v for k, v in (("lr", args.lr), ("lam", args.lam)) if v is not None},
+        overrides={
+            k: v
+            for k, v in (("lr", args.lr), ("lam", args.lam), ("awp", args.awp))
+            if v is not None
+        },
     )
     results["protect_seconds"] = time.perf_counter() - t
     results["protect_report"] = protected.report
@@ -213,12 +228,13 @@ def main() -> None:
         )
 
     results["finetuning"] = []
-    for steps in (100, 300):
+    for steps in (100, 300, 1000):
         tuned = finetune(model, steps, seed=7, task=task)
         v = trigger.verify(as_query(tuned), pkey)
         results["finetuning"].append(
             {
                 "steps": steps,
+                "weight_drift": drift(model, tuned),
                 "psnr": psnr_on_test(tuned, 1, task),
                 "d": v.statistic,
                 "ncc": v.details["ncc"],

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from run import finetune, prune, psnr_on_test, train_host  # noqa: E402
+from run import drift, finetune, prune, psnr_on_test, train_host  # noqa: E402
 
 from pixmark.schemes import trigger  # noqa: E402
 from pixmark.schemes.base import as_query  # noqa: E402
@@ -38,20 +38,12 @@ VARIANTS = {
     "awp003": {"awp": 0.003},
     "awp01": {"awp": 0.01},
     "awp01-long": {"awp": 0.01, "early_stop": False, "steps": 600},
+    "awp01-long1200": {"awp": 0.01, "early_stop": False, "steps": 1200},
+    "awp02-long": {"awp": 0.02, "early_stop": False, "steps": 600},
     "awp03": {"awp": 0.03},
     "awp10": {"awp": 0.1},
     "awp03-neg4": {"awp": 0.03, "negatives": 4},
 }
-
-
-def drift(before: torch.nn.Module, after: torch.nn.Module) -> float:
-    """||W' - W|| / ||W|| over all conv/linear weights."""
-    num = den = 0.0
-    for (_, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True):
-        if a.dim() > 1:
-            num += float((b - a).detach().pow(2).sum())
-            den += float(a.detach().pow(2).sum())
-    return (num / den) ** 0.5
 
 
 def main() -> None:
