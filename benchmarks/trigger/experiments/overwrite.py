@@ -5,7 +5,8 @@
 
 The owner protects ``run.py``'s DnCNN host with the ``cpu`` profile (lr 1e-3, lambda 0.1,
 ``--awp``); the thief then embeds their own key of ``count`` triggers with the quick
-profile at the same lr and lambda (``pixmark.attacks.overwrite_protected``). Per count:
+profile at the same lr and lambda (``pixmark.attacks.overwrite_protected``), stopping
+as soon as their trigger fits or, with ``--thief-steps N``, training N steps. Per count:
 does the owner's key still verify, does the thief's, and the host's PSNR. Writes
 ``results.json``.
 """
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--counts", default="1,3,5")
     parser.add_argument("--host-steps", type=int, default=400)
+    parser.add_argument(
+        "--thief-steps", type=int, default=0, help="> 0: the thief trains this long, no early stop"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -59,13 +63,14 @@ def main() -> None:
         "owner_match_ncc": owner.key.params["match_ncc"],
         "overwrites": [],
     }
+    thief_budget = {"early_stop": False, "steps": args.thief_steps} if args.thief_steps else {}
     for count in (int(c) for c in args.counts.split(",")):
         thief = overwrite_protected(
             owner.model,
             "trigger",
             task="denoise",
             owner="Mallory",
-            overrides=SMALL_HOST,
+            overrides={**SMALL_HOST, **thief_budget},
             seed=count,
             count=count,
         )
