@@ -664,7 +664,7 @@ def _finetune(
         loss = l_d + weight * l_w
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if prof.get("awp", 0) > 0 and weight > 0:
+        if weight > 0 and prof["awp"] > 0:
             _perturbed_trigger_loss(model, k_dev, s_dev, weight, prof["awp"], dev)
         optimizer.step()
         if stop_at is not None and (step + 1) % prof["check_every"] == 0:
@@ -821,7 +821,7 @@ def protect(
     sampler_seed = key.seed("protect") % 2**31
     sampler = pdata.PairSampler(train_imgs, spec, prof["patch"], channels, seed=sampler_seed)
     negatives = None
-    if prof.get("negatives", 0) > 0:
+    if prof["negatives"] > 0:
         negatives = _negative_triggers(original, key, prof["negatives"], dev)
     state, history = _finetune(
         model,
