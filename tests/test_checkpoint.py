@@ -116,7 +116,7 @@ def test_baseline_marked_model_round_trip(tmp_path: Path) -> None:
 
 def test_chain_and_twice_watermarked_round_trip(tmp_path: Path) -> None:
     from pixmark.checkpoint import Chain, model_channels
-    from pixmark.schemes.output import Watermarked
+    from pixmark.schemes.output import Signature, Watermarked
 
     torch.manual_seed(0)
     purifier = nets.create("unet", channels=3, width=4, depth=2)
@@ -135,7 +135,8 @@ def test_chain_and_twice_watermarked_round_trip(tmp_path: Path) -> None:
     def embedder() -> torch.nn.Module:
         return nets.create("unet", channels=3, in_channels=6, width=4, depth=2, out="residual")
 
-    once = Watermarked(_model(), embedder(), torch.rand(1, 3, 16, 16))
+    signature = Signature(torch.tensor([0.8, -0.6, -0.2]), sigma=2.0, amp=0.05)
+    once = Watermarked(_model(), embedder(), torch.rand(1, 3, 16, 16), signature)
     twice = Watermarked(once, embedder(), torch.rand(1, 3, 16, 16)).eval()
     path = save_model(twice, tmp_path / "twice.safetensors")
     assert read_config(path)["channels"] == 3
@@ -143,3 +144,6 @@ def test_chain_and_twice_watermarked_round_trip(tmp_path: Path) -> None:
     assert isinstance(loaded.model, Watermarked) and model_channels(loaded) == 3
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), twice(x))
+    # The inner model's content signature comes back with its direction, scale and amplitude.
+    assert loaded.signature is None and loaded.model.signature.config == signature.config
+    torch.testing.assert_close(loaded.model.signature.direction, signature.direction)

@@ -212,3 +212,36 @@ def test_success_threshold_is_the_papers_unless_the_protected_model_misses_it():
     assert success_threshold(torch.full((32,), 0.7), torch.full((96,), 0.58)) == pytest.approx(0.68)
     assert success_threshold(torch.full((32,), 0.3), nulls) == pytest.approx(0.6)
     assert success_threshold(torch.full((32,), 0.94), nulls) == pytest.approx(0.84)
+
+
+def test_signature_commutes_with_the_thiefs_augmentations() -> None:
+    """What lets the signature survive augmented surrogates: rotating, flipping or
+    shifting an image rotates, flips or shifts its signature (and resizing nearly keeps
+    it), unlike H's 2 x 2 carrier, which rot90 turns into another phase."""
+    key = output.keygen("ACME Imaging", secret=SECRET)
+    sig = output.Signature(output.signature_direction(key), amp=0.02)
+    direction = sig.direction.flatten()
+    assert abs(float(direction.sum())) < 1e-5 and abs(float(direction.norm()) - 1) < 1e-5
+    spec, channels, splits = api.task_splits("derain")
+    b = data.fixed_pairs([im for _, im in splits["val"]], spec, 96, 4, seed=1)[1]
+    t = sig.template(b)
+    for k in (1, 2, 3):
+        assert torch.allclose(sig.template(torch.rot90(b, k, dims=(2, 3))),
+                              torch.rot90(t, k, dims=(2, 3)), atol=1e-5)  # fmt: skip
+    assert torch.allclose(sig.template(b.flip(3)), t.flip(3), atol=1e-5)
+    inner = (slice(None), slice(None), slice(20, -20), slice(20, -20))  # away from the seams
+    shifted = sig.template(torch.roll(b, (5, 3), dims=(2, 3)))
+    assert torch.allclose(shifted[inner], torch.roll(t, (5, 3), dims=(2, 3))[inner], atol=1e-5)
+    # 1.25x upscaling: the upscaled signature still correlates with the signature of the
+    # upscaled image; the 2 x 2 carrier does not survive the same resampling at all.
+    up = F.interpolate(b, scale_factor=1.25, mode="bilinear", align_corners=False)
+    t_up = F.interpolate(t, scale_factor=1.25, mode="bilinear", align_corners=False)
+    assert float(F.cosine_similarity(sig.template(up).flatten(), t_up.flatten(), dim=0)) > 0.7
+    c = output.carrier(key, 3, 96)
+    c_up = F.interpolate(c, scale_factor=1.25, mode="bilinear", align_corners=False)
+    assert abs(float(F.cosine_similarity(c_up.flatten(), output.carrier(key, 3, 120).flatten(),
+                                         dim=0))) < 0.2  # fmt: skip
+    # A model that adds it is detected by the statistic; one that blurs is not.
+    assert float(output.pooled_rho(sig(b), b, sig)) > 0.99
+    blurred = F.avg_pool2d(F.pad(b, [1] * 4, mode="replicate"), 3, stride=1)
+    assert abs(float(output.pooled_rho(blurred, b, sig))) < 0.1

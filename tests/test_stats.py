@@ -20,6 +20,7 @@ from pixmark.stats import (
     false_positive_rate,
     passes,
     pooled_success_test,
+    predictive_p_value,
     trigger_p_value,
     trigger_threshold,
 )
@@ -156,6 +157,30 @@ def test_false_positive_rate_counts_scores_strictly_beyond():
 
 
 # --------------------------------------------------------------------------- decisions
+
+
+def test_predictive_p_value_is_calibrated_for_a_fresh_gaussian_draw():
+    # Fit on 12 nulls, test a 13th draw from the same Gaussian: P(p <= a) should be a.
+    rng = np.random.default_rng(0)
+    ps = np.array([predictive_p_value(rng.normal(3, 2), rng.normal(3, 2, size=12))
+                   for _ in range(4000)])  # fmt: skip
+    for a in (0.01, 0.05, 0.2):
+        assert abs(float((ps <= a).mean()) - a) < 0.25 * a + 0.004
+    # A plug-in z-test (mean and sd taken as exact) would call this p ~ 2e-11; a score
+    # 6.6 sd above 4 nulls is not that sure.
+    assert predictive_p_value(10.0, [0, 1, 2, 3]) > 1e-3
+
+
+def test_predictive_p_value_orders_scores_and_refuses_bad_nulls():
+    nulls = [0.01, -0.02, 0.03, 0.0, 0.015]
+    assert predictive_p_value(0.5, nulls) < predictive_p_value(0.05, nulls) < 0.5
+    assert predictive_p_value(-0.5, nulls) > 0.99
+    with pytest.raises(PixmarkError, match="at least 3"):
+        predictive_p_value(0.1, [0.0, 0.1])
+    with pytest.raises(PixmarkError, match="all equal"):
+        predictive_p_value(0.1, [0.2, 0.2, 0.2])
+    with pytest.raises(PixmarkError, match="finite"):
+        predictive_p_value(float("nan"), nulls)
 
 
 def test_decide_compares_p_with_alpha():

@@ -89,8 +89,10 @@ def model_config(model: nn.Module) -> dict[str, Any]:
                 "model": model_config(model.model),
                 "embedder": model_config(model.embedder),
                 "logo_shape": list(model.logo.shape),
+                **({"signature": dict(model.signature.config)} if model.signature is not None
+                   else {}),
             },
-        }
+        }  # fmt: skip
     return {"arch": arch_name(model), "kwargs": dict(model.config)}
 
 
@@ -111,11 +113,17 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         placeholder = Mark(kw["method"], 0, (0,) * 64)  # buffers come from the weights
         return BaselineMarked(build_model(kw["model"]), placeholder, strength=kw["strength"])
     if config["arch"] == "watermarked":
-        from pixmark.schemes.output import Watermarked
+        from pixmark.schemes.output import Signature, Watermarked
 
         kw = config["kwargs"]
+        signature = None  # its direction is a buffer: it comes from the weights
+        if "signature" in kw:
+            signature = Signature(torch.zeros(3), **kw["signature"])
         return Watermarked(
-            build_model(kw["model"]), build_model(kw["embedder"]), torch.zeros(kw["logo_shape"])
+            build_model(kw["model"]),
+            build_model(kw["embedder"]),
+            torch.zeros(kw["logo_shape"]),
+            signature,
         )
     return nets.create(config["arch"], **config["kwargs"])
 

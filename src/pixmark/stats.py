@@ -44,6 +44,7 @@ __all__ = [
     "empirical_p_value",
     "false_positive_rate",
     "nulls_needed",
+    "predictive_p_value",
     "passes",
     "pooled_success_test",
     "trigger_p_value",
@@ -436,6 +437,34 @@ def empirical_p_value(score: float, null_scores: Any, greater_is_evidence: bool 
         raise PixmarkError(f"score must be a finite number, got {score!r}.")
     extreme = nulls >= score if greater_is_evidence else nulls <= score
     return (1.0 + float(np.count_nonzero(extreme))) / (1.0 + nulls.size)
+
+
+def predictive_p_value(score: float, null_scores: Any) -> float:
+    """One-sided p-value of ``score`` as a new draw from a Gaussian fitted to null scores.
+
+    The null scores' mean m and standard deviation s (n - 1 in the denominator) are only
+    estimates, so the score is compared with the *predictive* distribution of one more
+    null draw, a Student t with n - 1 degrees of freedom:
+
+        p = P(T_{n-1} > (score - m) / (s * sqrt(1 + 1/n)))
+
+    Unlike :func:`empirical_p_value` it can go below 1 / (n + 1), which is what a dozen
+    null models need to support p ≤ 1e-3; it assumes the null scores are roughly
+    Gaussian (check the tail with more nulls). Larger scores are evidence. Needs at least
+    3 null scores that are not all equal.
+    """
+    nulls = _scores("null_scores", null_scores)
+    score = float(score)
+    if not math.isfinite(score):
+        raise PixmarkError(f"score must be a finite number, got {score!r}.")
+    if nulls.size < 3:
+        raise PixmarkError(f"a Gaussian null needs at least 3 null scores, got {nulls.size}.")
+    sd = float(nulls.std(ddof=1))
+    if not sd > 1e-12 * max(1.0, float(np.abs(nulls).max())):  # equal up to rounding
+        raise PixmarkError("the null scores are all equal; a Gaussian null cannot be fitted.")
+    n = nulls.size
+    t = (score - float(nulls.mean())) / (sd * math.sqrt(1.0 + 1.0 / n))
+    return float(scipy_stats.t.sf(t, df=n - 1))
 
 
 def nulls_needed(fpr: float) -> int:

@@ -22,6 +22,10 @@ What pixmark does beyond the paper (each for a measured reason, see docs/schemes
   all-dark image score about 0; only a recovered logo scores near 1.
 * The verdict pools all queries: the number of queries with ``logo_nc`` > threshold is
   tested against the success rate of null models (binomial, ``pooled_success_test``).
+* A second, content-locked mark (``Signature``, colour keys): the output's own band-pass
+  luminance carried on a keyed chroma direction. It commutes with rotation, flip and
+  shift, so surrogates trained on augmented pairs still learn it where H's carrier
+  averages away (Zhang et al., TPAMI 2024's failure case); verify tests both.
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ class Profile:
     # stage 2: (architecture, loss) of each surrogate of the watermarked model; the clean
     # model gets one UNet L2 surrogate (the negatives)
     stage2: tuple[tuple[str, str], ...] = (("unet", "l2"), ("unet", "perceptual"))
+    # PSNR in dB of the content signature (colour keys only; 0 = none): see ``Signature``
+    signature_psnr: float = 38.0
     # independent clean models of the task (``INDEPENDENT``): steps, width, crop size
     independent_steps: int = 100
     independent_width: int = 8
@@ -259,27 +265,106 @@ class Extractor(nn.Module):
         return self.net(torch.cat([x, grid], dim=1))
 
 
-class Watermarked(nn.Module):
-    """The deployed model: ``H(M(x) ⊕ δ)`` with the logo δ baked in as a buffer.
+#: Scale in px of the signature's band-pass (difference of Gaussians at σ/2 and σ).
+SIGNATURE_SIGMA = 3.0
 
-    ``model`` is the untouched protected model M; ``embedder`` the UNet H (input
-    2·C channels: output and logo; residual output). Input and output [N, C, H, W] in
-    [0, 1]; the logo is resized to the image size. TorchScript-traceable.
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, [radius] * 4, mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def signature_direction(key: Key) -> Tensor:
+    """The key's chroma direction: a unit RGB vector orthogonal to grey, [3]."""
+    v = torch.randn(3, generator=key.generator("signature"))
+    grey = torch.ones(3) / math.sqrt(3.0)
+    v = v - (v @ grey) * grey
+    return v / v.norm()
+
+
+class Signature(nn.Module):
+    """The content signature, pixmark's answer to augmented surrogates (beyond the paper).
+
+    ``template(B) = c · DoG_σ(luma(B))``: the image's own band-pass luminance structure
+    (difference of Gaussians at σ/2 and σ px) carried on the key's chroma direction c
+    (unit RGB vector orthogonal to grey). The deployed model adds ``amp · template(B)``
+    to its output. Unlike H's 2 × 2 carrier, which is locked to pixel parity, it is a
+    function of the content with isotropic kernels: it commutes with rotation, flip and
+    shift and barely changes under resizing, so a thief's rotated, flipped and
+    cropped-and-resized pairs are still pairs of the same function and the surrogate
+    learns it (docs/schemes/output.md, session 8). Images [N, 3, H, W] in [0, 1].
     """
 
-    def __init__(self, model: nn.Module, embedder: nn.Module, logo: Tensor) -> None:
+    def __init__(self, direction: Tensor, sigma: float = SIGNATURE_SIGMA, amp: float = 1.0) -> None:
+        super().__init__()
+        self.config = {"sigma": float(sigma), "amp": float(amp)}
+        self.register_buffer("direction", direction.detach().float().reshape(1, 3, 1, 1).clone())
+
+    def template(self, b: Tensor) -> Tensor:
+        """The unit-amplitude signature of images ``b``: [N, 3, H, W]."""
+        luma = b.mean(dim=1, keepdim=True)
+        sigma = self.config["sigma"]
+        dog = _gaussian_blur(luma, sigma / 2) - _gaussian_blur(luma, sigma)
+        return self.direction.to(b.dtype) * dog
+
+    def forward(self, b: Tensor) -> Tensor:
+        return b + self.config["amp"] * self.template(b)
+
+
+def signature_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> Tensor:
+    """Per-image correlation of a suspect's deviation from the owner's unmarked outputs
+    with the signature template, in [-1, 1]: ``<S - B, t(B)> / (|S - B| |t(B)|)``.
+
+    ``outputs`` (the suspect's answers) and ``unmarked`` (B = M(queries)) are
+    [N, 3, H, W] in [0, 1]; an output equal to B scores 0.
+    """
+    d = (outputs.float() - unmarked.float()).flatten(1)
+    t = signature.template(unmarked.float()).flatten(1)
+    denom = d.norm(dim=1) * t.norm(dim=1)
+    return torch.where(denom > 0, (d * t).sum(1) / denom.clamp_min(1e-12), torch.zeros(()))
+
+
+def pooled_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> float:
+    """:func:`signature_rho` over all images at once (one number per suspect)."""
+    d = (outputs.float() - unmarked.float()).flatten()
+    t = signature.template(unmarked.float()).flatten()
+    denom = float(d.norm() * t.norm())
+    return float((d @ t) / denom) if denom > 0 else 0.0
+
+
+class Watermarked(nn.Module):
+    """The deployed model: ``H(M(x) ⊕ δ)`` (+ the content signature) with δ baked in.
+
+    ``model`` is the untouched protected model M; ``embedder`` the UNet H (input
+    2·C channels: output and logo; residual output); ``signature`` an optional
+    :class:`Signature` added to M's output on top of H's. Input and output
+    [N, C, H, W] in [0, 1]; the logo is resized to the image size. TorchScript-traceable.
+    """
+
+    def __init__(self, model: nn.Module, embedder: nn.Module, logo: Tensor,
+                 signature: Signature | None = None) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         self.embedder = embedder
+        self.signature = signature
         self.register_buffer("logo", logo.detach().clone().float())
 
     def embed(self, b: Tensor) -> Tensor:
-        """Hide the logo in images ``b`` [N, C, H, W] in [0, 1] (H alone, no M)."""
+        """Hide the logo (and the signature) in images ``b`` [N, C, H, W] in [0, 1]."""
         logo = self.logo
         if logo.shape[-2:] != b.shape[-2:]:
             logo = F.interpolate(logo, size=b.shape[-2:], mode="bilinear", align_corners=False)
         logo = logo.expand(b.shape[0], -1, -1, -1)
-        return self.embedder(torch.cat([b, logo], dim=1)).clamp(0.0, 1.0)
+        out = self.embedder(torch.cat([b, logo], dim=1))
+        if self.signature is not None:
+            out = out + self.signature(b) - b
+        return out.clamp(0.0, 1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.embed(self.model(x).clamp(0.0, 1.0))
@@ -620,7 +705,13 @@ def protect(
     h.eval()
     for p in h.parameters():
         p.requires_grad_(False)
-    wm = Watermarked(model, h, logo).to(dev).eval()
+    signature = None
+    if channels == 3 and prof.signature_psnr > 0:
+        signature = Signature(signature_direction(key)).to(dev)
+        with torch.no_grad():
+            unit = float(signature.template(b_pool[:256].to(dev)).pow(2).mean().sqrt())
+        signature.config["amp"] = 10 ** (-prof.signature_psnr / 20) / max(unit, 1e-8)
+    wm = Watermarked(model, h, logo, signature).to(dev).eval()
 
     # ---- stage 2: surrogates of the watermarked and of the clean teacher
     snap_inputs = a_pool[: min(len(a_pool), 128)]
@@ -707,6 +798,31 @@ def protect(
         **held_out,
     }
     scores = {name: query_scores(q, key)[1] for name, q in populations.items()}
+    b_q = _apply(model, queries, torch.device("cpu"))
+    bwm_q = _apply(wm, queries, torch.device("cpu"))
+    sig_report: dict[str, Any] = {}
+    if signature is not None:
+        # Null values of the signature statistic: every independent model (the signature
+        # is not trained, so R's negatives are unseen by it) and the clean surrogate.
+        sig_nulls = {f"independent_{i}": as_query(m) for i, m in enumerate(others)}
+        sig_nulls["surrogate_of_unprotected"] = as_query(surrogates["clean"])
+        sig_cpu = signature.cpu()
+        null_rho = {n: pooled_rho(q(queries.float()).float().clamp(0, 1), b_q, sig_cpu)
+                    for n, q in sig_nulls.items()}  # fmt: skip
+        key = key.with_updates(
+            params={"signature": {**sig_cpu.config, "psnr": prof.signature_psnr,
+                                  "null_rho": [round(v, 6) for v in null_rho.values()],
+                                  "null_models": list(null_rho)}},
+            tensors={"signature.direction": sig_cpu.direction.flatten().clone(),
+                     "unmarked": b_q.half().contiguous()},
+        )  # fmt: skip
+        sur_q = _apply(surrogates["wm"], queries, torch.device("cpu"))
+        sig_report = {
+            "psnr_signature_alone": prof.signature_psnr,
+            "rho_protected": round(pooled_rho(bwm_q, b_q, sig_cpu), 4),
+            "rho_surrogate_of_protected": round(pooled_rho(sur_q, b_q, sig_cpu), 4),
+            "null_rho": {n: round(v, 4) for n, v in null_rho.items()},
+        }
     null_names = ("unprotected", "identity", "surrogate_of_unprotected", *held_out)
     null_scores = torch.cat([scores[n] for n in null_names])
     success_nc = success_threshold(scores["protected"], null_scores)
@@ -715,8 +831,6 @@ def protect(
         params={"success_nc": success_nc, "null_rate": null_rate,
                 "n_null_queries": len(null_scores), "null_models": list(null_names)}
     )  # fmt: skip
-    b_q = _apply(model, queries, torch.device("cpu"))
-    bwm_q = _apply(wm, queries, torch.device("cpu"))
     report = {
         "profile": asdict(prof),
         "perceptual": perceptual_name(vgg16_weights),
@@ -726,6 +840,7 @@ def protect(
         "logo_nc": {n: _summary(s) for n, s in scores.items()},
         "success_nc": success_nc,
         "null_rate": null_rate,
+        "signature": sig_report,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     return Protected(model=wm, key=key, report=report)
@@ -786,7 +901,18 @@ def verify(
     successes is tested against the per-query success rate of null models
     (``pooled_success_test``): the models in ``nulls`` if given (independent models of
     the same task), else the rate measured at protect time on the unprotected model, the
-    identity and a surrogate of the unprotected model. Match when p ≤ ``alpha``.
+    identity and a surrogate of the unprotected model.
+
+    Keys with a content signature (colour keys protected since session 8) run a second
+    test on the same answers: the pooled correlation ρ of (answers − the owner's unmarked
+    outputs, stored in the key) with the signature template, against the ρ of null
+    models (those measured at protect, or three or more ``nulls``), as a predictive
+    Student-t p-value. This is the test an augmented surrogate (rotated, flipped,
+    cropped-and-resized training pairs) still fails: it cancels H's carrier but learns
+    the signature. With both tests, p = min(1, 2 · min(p_logo, p_signature))
+    (Bonferroni) and ``details["matched_by"]`` names the test(s) that found it. With
+    user ``queries`` only the logo test runs (the unmarked outputs are the key's). Match
+    when p ≤ ``alpha``.
 
     Evidence (with ``evidence_dir``): ``evidence.png``, a grid of queries, suspect
     outputs and recovered logos, next to the key's logo.
@@ -829,6 +955,13 @@ def verify(
         details["null_source"] = "measured at protect: " + ", ".join(key.params["null_models"])
     details["null_rate"] = null_rate
     p_value = pooled_success_test(successes, n, null_rate, n_null)
+    sig = _signature_test(key, outputs, queries, nulls)
+    if sig is not None:  # two tests: Bonferroni, so the verdict keeps its false-positive rate
+        details.update(sig)
+        details["logo_p_value"] = p_value
+        p_value = min(1.0, 2 * min(p_value, sig["signature_p_value"]))
+        tests = {"logo": details["logo_p_value"], "signature": sig["signature_p_value"]}
+        details["matched_by"] = [name for name, p in tests.items() if 2 * p <= alpha]
     evidence: dict[str, str] = {}
     if evidence_dir is not None:
         evidence["grid"] = str(_evidence(key, queries, outputs, scores, Path(evidence_dir)))
@@ -842,6 +975,42 @@ def verify(
         evidence=evidence,
         details=details,
     )
+
+
+def load_signature(key: Key) -> Signature | None:
+    """The key's content signature, or None (grayscale keys, keys made before it)."""
+    cfg = key.params.get("signature")
+    if cfg is None:
+        return None
+    return Signature(key.tensor("signature.direction"), cfg["sigma"], cfg["amp"]).eval()
+
+
+def _signature_test(key: Key, outputs: Tensor, queries: Tensor | None,
+                    nulls: list[Query] | None) -> dict[str, Any] | None:  # fmt: skip
+    """The signature half of verify: pooled ρ of the suspect against the null models'."""
+    signature = load_signature(key)
+    if signature is None or queries is not None:  # B = M(queries) is known for the key's own
+        return None
+    from pixmark.stats import predictive_p_value
+
+    unmarked = key.tensor("unmarked").float()
+    rho = pooled_rho(outputs, unmarked, signature)
+    null_rho = [float(v) for v in key.params["signature"]["null_rho"]]
+    source = "measured at protect: " + ", ".join(key.params["signature"]["null_models"])
+    if nulls:  # three or more replace the key's values; fewer cannot fit a null alone
+        q = key.tensor("queries").float()
+        passed = [pooled_rho(m(q).float().clamp(0, 1), unmarked, signature) for m in nulls]
+        if len(passed) >= 3:
+            null_rho, source = passed, f"{len(nulls)} null models passed to verify"
+        else:
+            null_rho, source = null_rho + passed, f"{source} + {len(nulls)} passed to verify"
+    return {
+        "signature_rho": round(rho, 4),
+        "signature_p_value": predictive_p_value(rho, null_rho),
+        "signature_null_mean": round(sum(null_rho) / len(null_rho), 4),
+        "signature_null_max": round(max(null_rho), 4),
+        "signature_null_source": source,
+    }
 
 
 def _evidence(key: Key, queries: Tensor | None, outputs: Tensor, scores: Tensor,
@@ -859,6 +1028,16 @@ def _evidence(key: Key, queries: Tensor | None, outputs: Tensor, scores: Tensor,
         [logo] + [key.tensor("blank")[0]],
     ]
     labels = ["queries", "suspect outputs", "recovered", "logo, blank"]
+    signature = load_signature(key)
+    if signature is not None and queries is None:  # what the signature test correlates
+        unmarked = key.tensor("unmarked").float()[order]
+        gain = 0.5 / max(float(signature.config["amp"] * signature.template(unmarked).abs().max()),
+                         1e-6)  # fmt: skip
+        rows.insert(3, [(0.5 + gain * signature.config["amp"] * t).clamp(0, 1)
+                        for t in signature.template(unmarked)])  # fmt: skip
+        rows.insert(4, [(0.5 + gain * (outputs[i] - unmarked[j])).clamp(0, 1)
+                        for j, i in enumerate(order)])  # fmt: skip
+        labels[3:3] = ["signature (amplified)", "suspect - original (same gain)"]
     cols = [f"NC {float(scores[i]):.2f}" for i in order]
     out_dir.mkdir(parents=True, exist_ok=True)
     return save_grid(rows, out_dir / "evidence.png", row_labels=labels, col_labels=cols)
@@ -867,14 +1046,18 @@ def _evidence(key: Key, queries: Tensor | None, outputs: Tensor, scores: Tensor,
 __all__ = [
     "PROFILES",
     "Extractor",
+    "Signature",
     "Profile",
     "Watermarked",
     "extract",
     "keygen",
     "load_extractor",
+    "load_signature",
     "logo_nc",
     "protect",
     "query_scores",
+    "pooled_rho",
     "render_logo",
+    "signature_rho",
     "verify",
 ]
