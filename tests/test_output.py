@@ -7,6 +7,8 @@ black-box access only.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,6 +145,15 @@ def test_another_owners_logo_does_not_match(protected) -> None:
     assert float(output.logo_nc(other.tensor("logo"), protected.key.tensor("logo"))) < 0.6
     verdict = output.verify(as_query(protected.model), forged)
     assert verdict.decision == "no match", verdict.summary()
+    # The content signature reads one angle: with the other owner's direction, verify
+    # measures the angle between the two keys' directions (and says how unspecific
+    # that is), which is why it is evidence beside the decision, not the decision.
+    mine, theirs = output.signature_direction(protected.key), output.signature_direction(other)
+    between = math.degrees(math.acos(float(mine @ theirs)))
+    forged = forged.with_updates(tensors={"signature.direction": theirs})
+    verdict = output.verify(as_query(protected.model), forged)
+    assert abs(abs(verdict.details["signature_angle_deg"]) - between) < 5.0
+    assert verdict.details["signature_owner_p"] == pytest.approx(between / 180, abs=0.03)
 
 
 def test_key_roundtrip_and_tamper(protected, tmp_path) -> None:
@@ -245,3 +256,24 @@ def test_signature_commutes_with_the_thiefs_augmentations() -> None:
     assert float(output.pooled_rho(sig(b), b, sig)) > 0.99
     blurred = F.avg_pool2d(F.pad(b, [1] * 4, mode="replicate"), 3, stride=1)
     assert abs(float(output.pooled_rho(blurred, b, sig))) < 0.1
+
+
+def test_augmented_surrogate_is_caught_by_the_signature(protected, target, attacker_inputs):
+    """Beyond the paper: a thief who rotates, flips and crops-and-resizes every stolen
+    pair averages H's 2 x 2 carrier away (the logo test finds nothing, as Zhang et al.,
+    TPAMI 2024 report) but learns the content signature."""
+    stolen, clean = (
+        train_surrogate(
+            as_query(teacher), attacker_inputs, arch="unet", loss="l2", augment=True,
+            steps=600, width=16, seed=13, progress=False,
+        )
+        for teacher in (protected.model, target)
+    )  # fmt: skip
+    verdict = output.verify(as_query(stolen), protected.key)
+    assert verdict.details["signature_match"], verdict.details
+    assert verdict.details["signature_p_value"] < 1e-3
+    assert abs(verdict.details["signature_angle_deg"]) < 20.0  # it points at our direction
+    verdict = output.verify(as_query(clean), protected.key)
+    assert verdict.decision == "no match", verdict.summary()
+    assert not verdict.details["signature_match"]
+    assert verdict.details["signature_p_value"] > 0.01
