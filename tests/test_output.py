@@ -277,3 +277,26 @@ def test_augmented_surrogate_is_caught_by_the_signature(protected, target, attac
     assert verdict.decision == "no match", verdict.summary()
     assert not verdict.details["signature_match"]
     assert verdict.details["signature_p_value"] > 0.01
+
+
+def test_a_2x2_artefact_that_is_not_the_keys_carrier_is_not_a_match(protected, target):
+    """R alone reacted to the 2 x 2 artefacts of 2 of 24 weak independent networks
+    (session 8); the carrier gate asks that the suspect's phase pattern be the key's."""
+    key = protected.key
+    queries = key.tensor("queries")
+    c = output.carrier(key, 3, queries.shape[-1])
+    assert output.carrier_cos(api.apply_model(protected.model, queries), key) > 0.95
+    assert abs(output.carrier_cos(api.apply_model(target, queries), key)) < 0.5
+    for pattern in (-c, torch.roll(c, 1, dims=3)):  # the opposite phase; shifted by a pixel
+
+        def suspect(x, pattern=pattern):
+            return (target(x) + 0.03 * pattern).clamp(0, 1)
+
+        with torch.no_grad():
+            verdict = output.verify(suspect, key)
+        assert verdict.details["carrier_cos"] < output.CARRIER_GATE
+        assert verdict.decision == "no match", verdict.summary()
+    # the key's own carrier added to the unprotected outputs passes the gate
+    with torch.no_grad():
+        verdict = output.verify(lambda x: (target(x) + 0.03 * c).clamp(0, 1), key)
+    assert verdict.details["carrier_cos"] > 0.95

@@ -3,9 +3,9 @@
 1. Train a small deraining model M (the owner's model) on real photos with synthetic rain.
 2. Make an ``output`` key for "ACME Imaging" and protect M: every output now hides the logo.
 3. An attacker queries the protected model as a black box and trains a surrogate on its
-   answers.
-4. Verify: the surrogate matches; the unprotected M and an independently trained model
-   do not.
+   answers; a second one augments the stolen pairs (rotate / flip / crop-and-resize).
+4. Verify: the surrogate matches; the augmented one defeats the paper's logo test but
+   not the content signature; the unprotected M and an independent model do neither.
 5. Write ``report.html`` (image grids, verdicts) and ``results.json``.
 """
 
@@ -35,6 +35,10 @@ def _verdict_row(name: str, verdict: Verdict) -> dict[str, Any]:
         "threshold": verdict.threshold,
         "p_value": f"{verdict.p_value:.3g}",
         "queries": verdict.n_queries,
+        # beside the decision: the content signature (output scheme, colour keys)
+        "signature p": f"{verdict.details['signature_p_value']:.3g}"
+        if "signature_p_value" in verdict.details
+        else "-",
     }
 
 
@@ -80,6 +84,21 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
         out=folder / "surrogate.safetensors",
         force=True,
     )
+    # A careful thief: rotates, flips and crops-and-resizes every stolen pair. That
+    # averages H's logo carrier away; the content signature survives (see verify).
+    augmented = api.attack(
+        "surrogate",
+        protected.model,
+        task=TASK,
+        arch="unet",
+        loss="l2",
+        augment=True,
+        steps=600,
+        seed=seed + 3,
+        device=device,
+        out=folder / "surrogate_augmented.safetensors",
+        force=True,
+    )
     independent = api.train_model(
         TASK,
         "unet",
@@ -94,6 +113,7 @@ def run_demo(out: str | os.PathLike[str], device: str = "auto", seed: int = 0) -
     )
     suspects = {
         "surrogate of the protected model": surrogate,
+        "augmented surrogate (rot/flip/crop)": augmented,
         "unprotected model M": target.model,
         "independently trained model": independent.model,
     }

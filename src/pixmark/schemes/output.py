@@ -69,6 +69,13 @@ SUCCESS_NC = 0.95
 KEEP_PAPER_RATE, SUCCESS_FLOOR, MARGIN = 0.9, 0.6, 0.1
 #: Significance level of the pooled test.
 ALPHA = 1e-3
+#: A logo match also needs the suspect's 2 × 2 phase pattern to point along the key's
+#: carrier (:func:`carrier_cos` at least this). Measured at quick (session 8): the
+#: protected model and five plain surrogates (UNet L2 / perceptual, ResNet-9, ResNet-16
+#: L1, CEILNet) 0.945-0.999; 24 fresh independent models -0.68 to 0.72, and the two of
+#: them R read the logo from (weak stride-2 nets with their own 2 x 2 artefacts) 0.58
+#: and 0.72.
+CARRIER_GATE = 0.85
 
 
 @dataclass(frozen=True)
@@ -920,9 +927,11 @@ def verify(
     successes is tested against the per-query success rate of null models
     (``pooled_success_test``): the models in ``nulls`` if given (independent models of
     the same task), else the rate measured at protect time on the unprotected model, the
-    identity and a surrogate of the unprotected model.
-
-    Match when p ≤ ``alpha``.
+    identity and a surrogate of the unprotected model. Match when p ≤ ``alpha`` and the
+    suspect's 2 × 2 phase pattern is the key's carrier (``carrier_cos`` ≥
+    ``CARRIER_GATE``; otherwise p is reported as 1 and the pooled value as
+    ``pooled_p_value``): R alone also reacts to the 2 × 2 artefacts of some weak
+    independent networks.
 
     Keys with a content signature (colour keys protected since session 8) also get a
     second test, reported in ``details`` but not part of the decision: the pooled
@@ -948,27 +957,28 @@ def verify(
     outputs, scores = query_scores(query, key, queries)
     n = len(scores)
     successes = int((scores > threshold).sum())
+    cos = _carrier_cos_or_none(outputs, key)
     details: dict[str, Any] = {
         "statistic_name": "mean logo NC (centred, ±1)",
         "alpha": alpha,
         "success_threshold": threshold,
         "successes": successes,
         "paper_successes": int((scores > SUCCESS_NC).sum()),
-        "carrier_cos": round(carrier_cos(outputs, key), 4)
-        if outputs.shape[-1] % 2 == 0 and outputs.shape[-2] % 2 == 0
-        else None,
+        "carrier_cos": None if cos is None else round(cos, 4),
+        "carrier_gate": CARRIER_GATE,
         "scores": [round(float(s), 4) for s in scores],
     }
     if nulls:
-        per_null = [query_scores(q, key, queries)[1] for q in nulls]
+        answers = [query_scores(q, key, queries) for q in nulls]
+        per_null = [s for _, s in answers]
         null_scores = torch.cat(per_null)
         null_rate = float((null_scores > threshold).float().mean())
         n_null = len(null_scores)
         # How many of the null models would this rule itself call a match?
         matched = sum(
-            decide(pooled_success_test(int((s > threshold).sum()), len(s), null_rate, n_null),
-                   alpha) == "match"
-            for s in per_null
+            _passes_gate(_carrier_cos_or_none(o, key)) and decide(pooled_success_test(
+                int((s > threshold).sum()), len(s), null_rate, n_null), alpha) == "match"
+            for o, s in answers
         )  # fmt: skip
         details.update({"null_fpr": matched / len(per_null), "n_null_models": len(per_null),
                         "null_mean": float(null_scores.mean())})  # fmt: skip
@@ -983,6 +993,9 @@ def verify(
         details["null_source"] = "measured at protect: " + ", ".join(key.params["null_models"])
     details["null_rate"] = null_rate
     p_value = pooled_success_test(successes, n, null_rate, n_null)
+    if not _passes_gate(cos):  # R reacted to a 2 x 2 artefact that is not the key's carrier
+        details["pooled_p_value"] = p_value
+        p_value = 1.0
     sig = _signature_test(key, outputs, queries, nulls)
     if sig is not None:  # evidence beside the decision (see the docstring)
         details.update(sig)
@@ -1000,6 +1013,15 @@ def verify(
         evidence=evidence,
         details=details,
     )
+
+
+def _carrier_cos_or_none(outputs: Tensor, key: Key) -> float | None:
+    h, w = outputs.shape[-2:]
+    return carrier_cos(outputs, key) if h % 2 == 0 and w % 2 == 0 else None
+
+
+def _passes_gate(cos: float | None) -> bool:
+    return cos is None or cos >= CARRIER_GATE
 
 
 def load_signature(key: Key) -> Signature | None:
