@@ -266,6 +266,12 @@ def verify(
         print(verdict.to_json())
     else:
         print(verdict.summary())
+        d = verdict.details
+        if "signature_p_value" in d:  # output scheme: the content signature, beside the decision
+            found = "found" if d["signature_match"] else "not found"
+            print(f"  content signature {found}: rho {d['signature_rho']:.3f}, "
+                  f"p = {d['signature_p_value']:.3g}, {d['signature_angle_deg']:.0f} deg from "
+                  "the key's direction (evidence beside the decision)")  # fmt: skip
     raise typer.Exit(0 if verdict.decision == "match" else 1)
 
 
