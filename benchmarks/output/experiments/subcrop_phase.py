@@ -3,9 +3,11 @@
 
 Needs `make demo` artefacts in runs/demo. `python <script> random|even|c64`, nice -n 5, 2 shared
 CPU cores. Printed: random no match 0.0 0 / even match 0.980 32 / c64 match 0.981 32.
+Session 8: PIXMARK_DEMO=<folder with acme.key, protected.safetensors> also prints the
+content signature's rho / p / angle.
 """
 
-import sys, torch
+import os, sys, torch
 
 torch.set_num_threads(1)
 from pixmark import api, data
@@ -16,7 +18,7 @@ from pixmark.schemes import output
 from pixmark.schemes.base import as_query
 from pixmark.attacks.surrogate import train_surrogate
 
-D = "/work/main/runs/demo"
+D = os.environ.get("PIXMARK_DEMO", "/work/main/runs/demo")  # session 8: any key + model folder
 key = load_key(f"{D}/acme.key", "output")
 prot = load_model(f"{D}/protected.safetensors").eval()
 spec, ch, splits = api.task_splits("derain")
@@ -48,4 +50,5 @@ sur = train_surrogate(
     None, src, arch="unet", loss="l2", steps=200, width=16, seed=11, device="cpu", progress=False
 )
 v = output.verify(as_query(sur), key)
-print(mode, v.decision, v.statistic, v.details.get("successes"), flush=True)
+sig = {k: v.details[k] for k in ("signature_rho", "signature_p_value", "signature_angle_deg") if k in v.details}
+print(mode, v.decision, v.statistic, v.details.get("successes"), sig, flush=True)
