@@ -321,6 +321,14 @@ class Signature(nn.Module):
         dog = _gaussian_blur(luma, sigma / 2) - _gaussian_blur(luma, sigma)
         return self.direction.to(b.dtype) * dog
 
+    def component(self, d: Tensor) -> Tensor:
+        """The part of a deviation ``d`` [N, 3, H, W] that the statistic sees: its
+        band-pass along the key's direction, ``c · (c · DoG(d))`` (for evidence images)."""
+        sigma = self.config["sigma"]
+        band = _gaussian_blur(d, sigma / 2) - _gaussian_blur(d, sigma)
+        c = self.direction.to(d.dtype)
+        return c * (c * band).sum(dim=1, keepdim=True)
+
     def forward(self, b: Tensor) -> Tensor:
         return b + self.config["amp"] * self.template(b)
 
@@ -1091,9 +1099,9 @@ def _evidence(key: Key, queries: Tensor | None, outputs: Tensor, scores: Tensor,
                          1e-6)  # fmt: skip
         rows.insert(3, [(0.5 + gain * signature.config["amp"] * t).clamp(0, 1)
                         for t in signature.template(unmarked)])  # fmt: skip
-        rows.insert(4, [(0.5 + gain * (outputs[i] - unmarked[j])).clamp(0, 1)
-                        for j, i in enumerate(order)])  # fmt: skip
-        labels[3:3] = ["signature (amplified)", "suspect - original (same gain)"]
+        seen = signature.component(outputs[order].float() - unmarked)
+        rows.insert(4, [(0.5 + gain * t).clamp(0, 1) for t in seen])
+        labels[3:3] = ["signature (key)", "in the suspect"]
     cols = [f"NC {float(scores[i]):.2f}" for i in order]
     out_dir.mkdir(parents=True, exist_ok=True)
     return save_grid(rows, out_dir / "evidence.png", row_labels=labels, col_labels=cols)
