@@ -50,5 +50,9 @@ sur = train_surrogate(
     None, src, arch="unet", loss="l2", steps=200, width=16, seed=11, device="cpu", progress=False
 )
 v = output.verify(as_query(sur), key)
-sig = {k: v.details[k] for k in ("signature_rho", "signature_p_value", "signature_angle_deg") if k in v.details}
+sig = {
+    k: v.details[k]
+    for k in ("signature_rho", "signature_p_value", "signature_angle_deg")
+    if k in v.details
+}
 print(mode, v.decision, v.statistic, v.details.get("successes"), sig, flush=True)
