@@ -212,17 +212,19 @@ def test_augment_pairs_moves_input_and_output_together() -> None:
     assert not torch.equal(a, x)
 
 
-def test_success_threshold_is_the_papers_unless_the_protected_model_misses_it():
+def test_success_threshold_sits_a_margin_below_the_protected_models_scores():
     from pixmark.schemes.output import success_threshold
 
     nulls = torch.full((96,), 0.05)
-    assert success_threshold(torch.full((32,), 0.98), nulls) == 0.95
-    # every protected score near 0.85 (a detailed logo at a small budget): median - 0.1
+    # median - 0.1 wherever the protected model scores: no step at the paper's 0.95
+    assert success_threshold(torch.full((32,), 0.98), nulls) == pytest.approx(0.88)
+    assert success_threshold(torch.full((32,), 0.955), nulls) == pytest.approx(0.855)
+    assert success_threshold(torch.full((32,), 0.94), nulls) == pytest.approx(0.84)
     assert success_threshold(torch.linspace(0.84, 0.86, 32), nulls) == pytest.approx(0.75, abs=1e-3)
     # never closer than 0.1 to a null score, never below 0.6, never above 0.95
     assert success_threshold(torch.full((32,), 0.7), torch.full((96,), 0.58)) == pytest.approx(0.68)
     assert success_threshold(torch.full((32,), 0.3), nulls) == pytest.approx(0.6)
-    assert success_threshold(torch.full((32,), 0.94), nulls) == pytest.approx(0.84)
+    assert success_threshold(torch.full((32,), 0.5), torch.full((96,), 0.9)) == pytest.approx(0.95)
 
 
 def test_signature_commutes_with_the_thiefs_augmentations() -> None:

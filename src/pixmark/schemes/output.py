@@ -62,11 +62,11 @@ SCHEME = "output"
 
 #: Per-query success: ``logo_nc`` above this (the paper's NC threshold).
 SUCCESS_NC = 0.95
-#: A key keeps the paper's threshold when at least ``KEEP_PAPER_RATE`` of its protected
-#: model's query scores pass it at protect time; otherwise :func:`success_threshold` sets
-#: it lower: ``MARGIN`` below their median, never below ``SUCCESS_FLOOR`` and always at
-#: least ``MARGIN`` above every null score measured at protect time.
-KEEP_PAPER_RATE, SUCCESS_FLOOR, MARGIN = 0.9, 0.6, 0.1
+#: The key's own threshold (:func:`success_threshold`, fixed at protect time): ``MARGIN``
+#: below the median of its protected model's query scores, never above the paper's
+#: ``SUCCESS_NC``, never below ``SUCCESS_FLOOR`` and always at least ``MARGIN`` above every
+#: null score measured at protect time.
+SUCCESS_FLOOR, MARGIN = 0.6, 0.1
 #: Significance level of the pooled test.
 ALPHA = 1e-3
 #: A logo match also needs the suspect's 2 × 2 phase pattern to point along the key's
@@ -861,9 +861,11 @@ def protect(
     null_scores = torch.cat([scores[n] for n in null_names])
     success_nc = success_threshold(scores["protected"], null_scores)
     null_rate = float((null_scores > success_nc).float().mean())
+    paper_null_rate = float((null_scores > SUCCESS_NC).float().mean())
     key = key.with_updates(
         params={"success_nc": success_nc, "null_rate": null_rate,
-                "n_null_queries": len(null_scores), "null_models": list(null_names)}
+                "paper_null_rate": paper_null_rate, "n_null_queries": len(null_scores),
+                "null_models": list(null_names)}
     )  # fmt: skip
     report = {
         "profile": asdict(prof),
@@ -883,16 +885,17 @@ def protect(
 def success_threshold(protected: Tensor, nulls: Tensor) -> float:
     """The key's per-query success threshold on ``logo_nc``, fixed at protect time.
 
-    The paper's 0.95 when at least ``KEEP_PAPER_RATE`` of the protected model's query
-    scores pass it. Otherwise (at small budgets R recovers detailed logos, e.g. letters
-    with holes, less crisply: every score near 0.85) the threshold is the median of those
-    scores minus ``MARGIN``, floored at ``SUCCESS_FLOOR`` and at ``MARGIN`` above the
-    largest null score measured at protect (unprotected model, identity, surrogate of the
-    unprotected model). The pooled test then uses the null rate at this threshold, so the
-    p-value keeps its meaning; verify also reports the paper's count (scores > 0.95).
+    ``MARGIN`` below the median of the protected model's query scores, capped at the
+    paper's 0.95, floored at ``SUCCESS_FLOOR`` and at ``MARGIN`` above the largest null
+    score measured at protect (unprotected model, identity, surrogate of the unprotected
+    model, held-out independent models). A surrogate reproduces its teacher's scores a
+    little lower, so a fixed 0.95 fails surrogates of protected models that themselves
+    score just above it (session 11: the demo's model at 0.95-0.96, its surrogate at
+    0.88). Until session 11 the paper's 0.95 was kept whenever 90 % of the protected
+    scores passed it, a step where the margin jumped from about 0 to 0.1. The pooled
+    test uses the null rate at this threshold, so the p-value keeps its meaning; verify
+    also reports the paper's count (scores > 0.95) and its decision.
     """
-    if float((protected > SUCCESS_NC).float().mean()) >= KEEP_PAPER_RATE:
-        return SUCCESS_NC
     adapted = float(protected.median()) - MARGIN
     adapted = max(adapted, SUCCESS_FLOOR, float(nulls.max()) + MARGIN)
     return round(min(adapted, SUCCESS_NC), 4)
@@ -930,8 +933,10 @@ def verify(
 
     The suspect answers the key's held-out query images (or ``queries``); R extracts a
     watermark from each answer, and each scores ``logo_nc`` against the logo. A query
-    succeeds when its score exceeds ``key.params["success_nc"]`` (0.95, or lower for a key
-    whose own protected model does not reach it: :func:`success_threshold`). The number of
+    succeeds when its score exceeds ``key.params["success_nc"]`` (0.1 below the median
+    score of the key's protected model, at most the paper's 0.95:
+    :func:`success_threshold`; ``paper_successes``, ``paper_p_value`` and
+    ``paper_decision`` in ``details`` apply the paper's fixed 0.95). The number of
     successes is tested against the per-query success rate of null models
     (``pooled_success_test``): the models in ``nulls`` if given (independent models of
     the same task), else the rate measured at protect time on the unprotected model, the
@@ -981,6 +986,7 @@ def verify(
         per_null = [s for _, s in answers]
         null_scores = torch.cat(per_null)
         null_rate = float((null_scores > threshold).float().mean())
+        paper_null_rate: float | None = float((null_scores > SUCCESS_NC).float().mean())
         n_null = len(null_scores)
         # How many of the null models would this rule itself call a match?
         matched = sum(
@@ -997,10 +1003,16 @@ def verify(
                 "with it first, or pass null models"
             )
         null_rate = float(key.params["null_rate"])
+        paper_null_rate = key.params.get("paper_null_rate")  # keys since session 11
         n_null = int(key.params["n_null_queries"])
         details["null_source"] = "measured at protect: " + ", ".join(key.params["null_models"])
     details["null_rate"] = null_rate
     p_value = pooled_success_test(successes, n, null_rate, n_null)
+    if paper_null_rate is not None:  # the paper's rule: successes are scores > 0.95
+        paper_p = pooled_success_test(details["paper_successes"], n, paper_null_rate, n_null)
+        paper_p = paper_p if _passes_gate(cos) else 1.0
+        details["paper_p_value"] = paper_p
+        details["paper_decision"] = decide(paper_p, alpha)
     if not _passes_gate(cos):  # R reacted to a 2 x 2 artefact that is not the key's carrier
         details["pooled_p_value"] = p_value
         p_value = 1.0
