@@ -892,7 +892,9 @@ def success_threshold(protected: Tensor, nulls: Tensor) -> float:
     little lower, so a fixed 0.95 fails surrogates of protected models that themselves
     score just above it (session 11: the demo's model at 0.95-0.96, its surrogate at
     0.88). Until session 11 the paper's 0.95 was kept whenever 90 % of the protected
-    scores passed it, a step where the margin jumped from about 0 to 0.1. The pooled
+    scores passed it, a step where the margin jumped from about 0 to 0.1. The null floor
+    still holds many keys at 0.95: one high query of a held-out independent model is
+    enough (both keys protected with it in session 11; docs/schemes/output.md). The pooled
     test uses the null rate at this threshold, so the p-value keeps its meaning; verify
     also reports the paper's count (scores > 0.95) and its decision.
     """
