@@ -20,16 +20,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 SECRET = "5e" * 32
 
 
-@pytest.fixture(scope="module")
-def target(output_protected) -> torch.nn.Module:
-    return output_protected[0]
-
-
-@pytest.fixture(scope="module")
-def protected(output_protected) -> output.Protected:
-    return output_protected[1]
-
-
 def test_signature_commutes_with_the_thiefs_augmentations() -> None:
     """What lets the signature survive augmented surrogates: rotating, flipping or
     shifting an image rotates, flips or shifts its signature (and resizing nearly keeps
@@ -63,12 +53,13 @@ def test_signature_commutes_with_the_thiefs_augmentations() -> None:
     assert abs(float(output.pooled_rho(blurred, b, sig))) < 0.1
 
 
-def test_augmented_surrogate_is_caught_by_the_signature(protected, target):
+def test_augmented_surrogate_is_caught_by_the_signature(output_protected):
     """Beyond the paper: a thief who rotates, flips and crops-and-resizes every stolen
     pair averages H's 2 x 2 carrier away (the logo test finds nothing, as Zhang et al.,
     TPAMI 2024 report) but learns the content signature. Measured on this fixture: rho
     0.41-0.52 after 600 steps for 4 of 5 data streams, 0.095 for one (it catches up
     later), so the thief here trains 900 steps on its own stream."""
+    target, protected = output_protected
     spec, channels, splits = api.task_splits("derain")
     inputs = data.PairSampler([im for _, im in splits["train"]], spec, 64, channels, seed=778)
     stolen, clean = (

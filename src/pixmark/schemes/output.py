@@ -1010,12 +1010,12 @@ def verify(
         details["null_source"] = "measured at protect: " + ", ".join(key.params["null_models"])
     details["null_rate"] = null_rate
     p_value = pooled_success_test(successes, n, null_rate, n_null)
+    gate = _passes_gate(cos)  # False: R reacted to a 2 x 2 artefact that is not the key's carrier
     if paper_null_rate is not None:  # the paper's rule: successes are scores > 0.95
         paper_p = pooled_success_test(details["paper_successes"], n, paper_null_rate, n_null)
-        paper_p = paper_p if _passes_gate(cos) else 1.0
-        details["paper_p_value"] = paper_p
-        details["paper_decision"] = decide(paper_p, alpha)
-    if not _passes_gate(cos):  # R reacted to a 2 x 2 artefact that is not the key's carrier
+        details["paper_p_value"] = paper_p if gate else 1.0
+        details["paper_decision"] = decide(details["paper_p_value"], alpha)
+    if not gate:
         details["pooled_p_value"] = p_value
         p_value = 1.0
     sig = _signature_test(key, outputs, queries, nulls)
