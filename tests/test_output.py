@@ -213,16 +213,23 @@ def test_augment_pairs_moves_input_and_output_together() -> None:
 def test_success_threshold_sits_a_margin_below_the_protected_models_scores():
     from pixmark.schemes.output import success_threshold
 
-    nulls = torch.full((96,), 0.05)
+    nulls = [torch.full((32,), 0.05)] * 3
     # median - 0.1 wherever the protected model scores: no step at the paper's 0.95
     assert success_threshold(torch.full((32,), 0.98), nulls) == pytest.approx(0.88)
     assert success_threshold(torch.full((32,), 0.955), nulls) == pytest.approx(0.855)
     assert success_threshold(torch.full((32,), 0.94), nulls) == pytest.approx(0.84)
     assert success_threshold(torch.linspace(0.84, 0.86, 32), nulls) == pytest.approx(0.75, abs=1e-3)
-    # never closer than 0.1 to a null score, never below 0.6, never above 0.95
-    assert success_threshold(torch.full((32,), 0.7), torch.full((96,), 0.58)) == pytest.approx(0.68)
+    # never closer than 0.1 to a null model's median, never below 0.6, never above 0.95
+    high_null, strong_null = [torch.full((32,), 0.58)], [torch.full((32,), 0.9)]
+    assert success_threshold(torch.full((32,), 0.7), high_null) == pytest.approx(0.68)
     assert success_threshold(torch.full((32,), 0.3), nulls) == pytest.approx(0.6)
-    assert success_threshold(torch.full((32,), 0.5), torch.full((96,), 0.9)) == pytest.approx(0.95)
+    assert success_threshold(torch.full((32,), 0.5), strong_null) == pytest.approx(0.95)
+    # one high query of a null model does not move it (the null rate counts such queries)
+    one_high = torch.full((32,), 0.05)
+    one_high[7] = 0.86
+    assert success_threshold(torch.full((32,), 0.955), [*nulls, one_high]) == pytest.approx(0.855)
+    with pytest.raises(PixmarkError, match="null model"):
+        success_threshold(torch.full((32,), 0.9), [])
 
 
 def test_a_2x2_artefact_that_is_not_the_keys_carrier_is_not_a_match(protected, target):

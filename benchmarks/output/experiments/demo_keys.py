@@ -86,7 +86,7 @@ def rescore(work: Path, args: argparse.Namespace) -> None:
         sur = load_model(work / f"surrogate{i}.safetensors").eval()
         _, own = output.query_scores(as_query(prot), key)
         _, scores = output.query_scores(as_query(sur), key)
-        thr = output.success_threshold(own, torch.zeros(1))
+        thr = output.success_threshold(own, [torch.zeros(1)])
         k = int((scores > thr).sum())
         rate, n_null = float(key.params["null_rate"]), int(key.params["n_null_queries"])
         p = pooled_success_test(k, len(scores), rate, n_null)

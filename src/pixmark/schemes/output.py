@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,8 @@ SCHEME = "output"
 SUCCESS_NC = 0.95
 #: The key's own threshold (:func:`success_threshold`, fixed at protect time): ``MARGIN``
 #: below the median of its protected model's query scores, never above the paper's
-#: ``SUCCESS_NC``, never below ``SUCCESS_FLOOR`` and always at least ``MARGIN`` above every
-#: null score measured at protect time.
+#: ``SUCCESS_NC``, never below ``SUCCESS_FLOOR`` and always at least ``MARGIN`` above the
+#: median score of every null model measured at protect time.
 SUCCESS_FLOOR, MARGIN = 0.6, 0.1
 #: Significance level of the pooled test.
 ALPHA = 1e-3
@@ -859,7 +860,7 @@ def protect(
         }
     null_names = ("unprotected", "identity", "surrogate_of_unprotected", *held_out)
     null_scores = torch.cat([scores[n] for n in null_names])
-    success_nc = success_threshold(scores["protected"], null_scores)
+    success_nc = success_threshold(scores["protected"], [scores[n] for n in null_names])
     null_rate = float((null_scores > success_nc).float().mean())
     paper_null_rate = float((null_scores > SUCCESS_NC).float().mean())
     key = key.with_updates(
@@ -882,24 +883,29 @@ def protect(
     return Protected(model=wm, key=key, report=report)
 
 
-def success_threshold(protected: Tensor, nulls: Tensor) -> float:
+def success_threshold(protected: Tensor, nulls: Sequence[Tensor]) -> float:
     """The key's per-query success threshold on ``logo_nc``, fixed at protect time.
 
-    ``MARGIN`` below the median of the protected model's query scores, capped at the
-    paper's 0.95, floored at ``SUCCESS_FLOOR`` and at ``MARGIN`` above the largest null
-    score measured at protect (unprotected model, identity, surrogate of the unprotected
-    model, held-out independent models). A surrogate reproduces its teacher's scores a
-    little lower, so a fixed 0.95 fails surrogates of protected models that themselves
-    score just above it (session 11: the demo's model at 0.95-0.96, its surrogate at
-    0.88). Until session 11 the paper's 0.95 was kept whenever 90 % of the protected
-    scores passed it, a step where the margin jumped from about 0 to 0.1. The null floor
-    still holds many keys at 0.95: one high query of a held-out independent model is
-    enough (both keys protected with it in session 11; docs/schemes/output.md). The pooled
-    test uses the null rate at this threshold, so the p-value keeps its meaning; verify
-    also reports the paper's count (scores > 0.95) and its decision.
+    ``protected``: the protected model's query scores; ``nulls``: one tensor of query
+    scores per null model (unprotected model, identity, surrogate of the unprotected
+    model, held-out independent models). The threshold is ``MARGIN`` below the median
+    protected score, capped at the paper's 0.95, floored at ``SUCCESS_FLOOR`` and at
+    ``MARGIN`` above the median score of every null model.
+
+    A surrogate reproduces its teacher's scores a little lower, so a fixed 0.95 fails
+    surrogates of protected models that themselves score just above it (session 11: the
+    demo's model at 0.95-0.96, its surrogate at 0.88). Session 11 floored at ``MARGIN``
+    above the single highest null query instead; one query of a held-out independent
+    model near 0.85 then held both keys protected that session at 0.95. A few high null
+    queries are what the pooled test's null rate (measured at this threshold) is for; the
+    floor only keeps the threshold clear of a null model's typical score. Verify also
+    reports the paper's count (scores > 0.95) and its decision.
     """
+    if not len(nulls):
+        raise PixmarkError("success_threshold needs the query scores of at least one null model")
     adapted = float(protected.median()) - MARGIN
-    adapted = max(adapted, SUCCESS_FLOOR, float(nulls.max()) + MARGIN)
+    highest_null = max(float(s.median()) for s in nulls)
+    adapted = max(adapted, SUCCESS_FLOOR, highest_null + MARGIN)
     return round(min(adapted, SUCCESS_NC), 4)
 
 
