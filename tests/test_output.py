@@ -56,13 +56,22 @@ def test_protected_output_is_invisible(protected, target) -> None:
     assert protected.report["psnr_protected_vs_unprotected"] >= 30.0
 
 
-def test_logo_is_extracted_from_protected_outputs(protected, tmp_path) -> None:
+def test_logo_is_extracted_from_protected_outputs(protected, target, tmp_path) -> None:
     outputs, scores = output.query_scores(as_query(protected.model), protected.key)
     assert float(scores.mean()) >= 0.9
     verdict = output.verify(as_query(protected.model), protected.key, evidence_dir=tmp_path)
     assert verdict.decision == "match"
     assert verdict.p_value < 1e-3
     assert Image.open(verdict.evidence["grid"]).size[0] > 128
+    # The key's threshold was fixed at protect by success_threshold: at most the paper's
+    # 0.95, low enough that the protected model passes on most queries, and clear of the
+    # null models' typical score (the unprotected model is one of them).
+    threshold = float(protected.key.params["success_nc"])
+    assert verdict.details["success_threshold"] == threshold
+    assert output.SUCCESS_FLOOR <= threshold <= output.SUCCESS_NC
+    assert float((scores > threshold).float().mean()) >= 0.9
+    _, unprotected = output.query_scores(as_query(target), protected.key)
+    assert float(unprotected.median()) + output.MARGIN <= threshold
 
 
 def test_statistic_cannot_fool_itself(protected, target) -> None:
