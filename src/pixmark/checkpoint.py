@@ -118,7 +118,9 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         kw = config["kwargs"]
         signature = None  # its direction is a buffer: it comes from the weights
         if "signature" in kw:
-            signature = Signature(torch.zeros(3), **kw["signature"])
+            cfg = kw["signature"]
+            sigmas = cfg.get("sigmas") or [cfg["sigma"]]  # one band σ = 3 before session 13
+            signature = Signature(torch.zeros(len(sigmas), 3), sigmas, cfg["amp"])
         return Watermarked(
             build_model(kw["model"]),
             build_model(kw["embedder"]),

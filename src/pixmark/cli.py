@@ -267,11 +267,14 @@ def verify(
     else:
         print(verdict.summary())
         d = verdict.details
-        if "signature_p_value" in d:  # output scheme: the content signature, beside the decision
-            found = "found" if d["signature_match"] else "not found"
-            print(f"  content signature {found}: rho {d['signature_rho']:.3f}, "
-                  f"p = {d['signature_p_value']:.3g}, {d['signature_angle_deg']:.0f} deg from "
-                  "the key's direction (evidence beside the decision)")  # fmt: skip
+        if "signature_p_value" in d:  # output scheme: its two tests, each at alpha / 2
+            for name, what in (("logo", "logo"), ("signature", "content signature")):
+                found = "found" if d[f"{name}_match"] else "not found"
+                print(f"  {what} {found}: p = {d[f'{name}_p_value']:.3g}", end="")
+                print("" if name == "logo" else
+                      f" (key among random keys {d['signature_key_p']:.3g}, against null "
+                      f"models {d['signature_null_p']:.3g}; rho {d['signature_rho']:.3f}, fit "
+                      f"cos {d['signature_fit_cos']:.2f})")  # fmt: skip
     raise typer.Exit(0 if verdict.decision == "match" else 1)
 
 

@@ -5,7 +5,8 @@
 3. An attacker queries the protected model as a black box and trains a surrogate on its
    answers; a second one augments the stolen pairs (rotate / flip / crop-and-resize).
 4. Verify: the surrogate matches; the augmented one defeats the paper's logo test but
-   not the content signature; the unprotected M and an independent model do neither.
+   not the content signature, which is part of the decision since session 13; the
+   unprotected M and an independent model match neither test.
 5. Write ``report.html`` (image grids, verdicts) and ``results.json``.
 """
 
@@ -35,10 +36,12 @@ def _verdict_row(name: str, verdict: Verdict) -> dict[str, Any]:
         "threshold": verdict.threshold,
         "p_value": f"{verdict.p_value:.3g}",
         "queries": verdict.n_queries,
-        # beside the decision: the content signature (output scheme, colour keys)
+        # the output scheme's two tests (colour keys): which one found the suspect
+        "logo p": f"{verdict.details.get('logo_p_value', verdict.p_value):.3g}",
         "signature p": f"{verdict.details['signature_p_value']:.3g}"
         if "signature_p_value" in verdict.details
         else "-",
+        "matched by": ", ".join(verdict.details.get("matched_by", [])) or "-",
     }
 
 

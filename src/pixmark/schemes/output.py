@@ -23,10 +23,11 @@ What pixmark does beyond the paper (each for a measured reason, see docs/schemes
 * The verdict pools all queries: the number of queries with ``logo_nc`` > threshold is
   tested against the success rate of null models (binomial, ``pooled_success_test``).
 * A second, content-locked mark (``Signature``, colour keys): the output's own band-pass
-  luminance carried on a keyed chroma direction. It commutes with rotation, flip and
-  shift, so surrogates trained on augmented pairs still learn it where H's carrier
-  averages away (Zhang et al., TPAMI 2024's failure case); verify reports its test
-  beside the decision (its key is one angle, so it is weak between owners).
+  luminance at two scales, each carried on a keyed chroma direction. It commutes with
+  rotation, flip and shift, so surrogates trained on augmented pairs still learn it where
+  H's carrier averages away (Zhang et al., TPAMI 2024's failure case). Since session 13
+  verify decides on both tests (Bonferroni); the signature's is owner-specific through
+  an exact rank of the owner's key among random keys.
 """
 
 from __future__ import annotations
@@ -274,8 +275,18 @@ class Extractor(nn.Module):
         return self.net(torch.cat([x, grid], dim=1))
 
 
-#: Scale in px of the signature's band-pass (difference of Gaussians at σ/2 and σ).
-SIGNATURE_SIGMA = 3.0
+#: Band-pass scales of the content signature in px: one band per σ, the difference of
+#: Gaussians at σ/2 and σ. Keys protected before session 13 have the one band σ = 3.
+SIGNATURE_SIGMAS = (1.5, 3.0)
+#: Random keys the signature's exact test ranks the owner's key among (p ≥ 1 / (n + 1)).
+SIGNATURE_RANDOM_KEYS = 99_999
+#: A signature match also needs the owner's key among the top this share of random keys
+#: (``signature_key_p`` at most this): the signature's counterpart of ``CARRIER_GATE``.
+#: It is exact: a model signed by another owner passes it with this probability.
+SIGNATURE_KEY_GATE = 0.01
+#: Two orthonormal chroma axes (orthogonal to grey): a signature's coefficients live here.
+CHROMA = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
+CHROMA = CHROMA / CHROMA.norm(dim=1, keepdim=True)
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -289,49 +300,115 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def signature_direction(key: Key) -> Tensor:
-    """The key's chroma direction: a unit RGB vector orthogonal to grey, [3]."""
-    v = torch.randn(3, generator=key.generator("signature"))
-    grey = torch.ones(3) / math.sqrt(3.0)
-    v = v - (v @ grey) * grey
-    return v / v.norm()
+def _band_pass(x: Tensor, sigma: float) -> Tensor:
+    return _gaussian_blur(x, sigma / 2) - _gaussian_blur(x, sigma)
+
+
+def random_signature_coefficients(count: int, bands: int, generator: torch.Generator) -> Tensor:
+    """``count`` signature keys as unit vectors of 2·``bands`` chroma coefficients,
+    uniform on the sphere: [count, bands, 2]. Owners' keys and the exact test's random
+    keys are drawn alike, which is what makes that test exact."""
+    v = torch.randn(count, bands * 2, generator=generator, dtype=torch.float64)
+    return (v / v.norm(dim=1, keepdim=True)).float().view(count, bands, 2)
+
+
+def signature_direction(key: Key, bands: int = len(SIGNATURE_SIGMAS)) -> Tensor:
+    """The key's chroma vector for each band, [bands, 3] (RGB, orthogonal to grey; the
+    whole [bands, 3] has unit norm)."""
+    coef = random_signature_coefficients(1, bands, key.generator("signature"))[0]
+    return coef @ CHROMA
 
 
 class Signature(nn.Module):
     """The content signature, pixmark's answer to augmented surrogates (beyond the paper).
 
-    ``template(B) = c · DoG_σ(luma(B))``: the image's own band-pass luminance structure
-    (difference of Gaussians at σ/2 and σ px) carried on the key's chroma direction c
-    (unit RGB vector orthogonal to grey). The deployed model adds ``amp · template(B)``
-    to its output. Unlike H's 2 × 2 carrier, which is locked to pixel parity, it is a
-    function of the content with isotropic kernels: it commutes with rotation, flip and
-    shift and barely changes under resizing, so a thief's rotated, flipped and
-    cropped-and-resized pairs are still pairs of the same function and the surrogate
-    learns it (docs/schemes/output.md, session 8). Images [N, 3, H, W] in [0, 1].
+    ``template(B) = Σ_b c_b · DoG_σb(luma(B))``: the image's own band-pass luminance
+    structure at each scale σ_b (difference of Gaussians at σ_b/2 and σ_b) carried on the
+    key's chroma vector c_b for that band (RGB, orthogonal to grey). The deployed model
+    adds ``amp · template(B)`` to its output. Unlike H's 2 × 2 carrier, which is locked to
+    pixel parity, it is a function of the content with isotropic kernels: it commutes with
+    rotation, flip and shift and barely changes under resizing, so a thief's rotated,
+    flipped and cropped-and-resized pairs are still pairs of the same function and the
+    surrogate learns it (docs/schemes/output.md, sessions 8 and 13). The 2 × bands chroma
+    coefficients are the key: :func:`signature_key_test` ranks them among random keys.
+    ``direction`` [bands, 3] (or [3] for one band); images [N, 3, H, W] in [0, 1].
     """
 
-    def __init__(self, direction: Tensor, sigma: float = SIGNATURE_SIGMA, amp: float = 1.0) -> None:
+    def __init__(self, direction: Tensor, sigmas: Sequence[float] = SIGNATURE_SIGMAS,
+                 amp: float = 1.0) -> None:  # fmt: skip
         super().__init__()
-        self.config = {"sigma": float(sigma), "amp": float(amp)}
-        self.register_buffer("direction", direction.detach().float().reshape(1, 3, 1, 1).clone())
+        direction = direction.detach().float().reshape(-1, 3)
+        if len(direction) != len(sigmas):
+            raise PixmarkError(f"a signature needs one chroma vector per band: got "
+                               f"{len(direction)} for {len(sigmas)} bands")  # fmt: skip
+        self.config = {"sigmas": [float(s) for s in sigmas], "amp": float(amp)}
+        self.register_buffer("direction", direction.reshape(-1, 3, 1, 1).clone())
+
+    def bands(self, b: Tensor) -> Tensor:
+        """The band-pass luma of images ``b`` at each scale: [N, bands, 1, H, W]."""
+        luma = b.mean(dim=1, keepdim=True)
+        return torch.stack([_band_pass(luma, s) for s in self.config["sigmas"]], dim=1)
 
     def template(self, b: Tensor) -> Tensor:
         """The unit-amplitude signature of images ``b``: [N, 3, H, W]."""
-        luma = b.mean(dim=1, keepdim=True)
-        sigma = self.config["sigma"]
-        dog = _gaussian_blur(luma, sigma / 2) - _gaussian_blur(luma, sigma)
-        return self.direction.to(b.dtype) * dog
+        return (self.direction.to(b.dtype)[None] * self.bands(b)).sum(dim=1)
+
+    def basis(self, b: Tensor) -> Tensor:
+        """The maps a key's coefficients weigh, band × chroma axis: [N, bands, 2, 3, H, W]."""
+        axes = CHROMA.to(b.device, b.dtype).view(1, 1, 2, 3, 1, 1)
+        return self.bands(b)[:, :, None] * axes
+
+    def coefficients(self) -> Tensor:
+        """The key's chroma coefficients, [bands, 2] (its direction on ``CHROMA``)."""
+        return self.direction.flatten(1) @ CHROMA.to(self.direction.device).T
 
     def component(self, d: Tensor) -> Tensor:
-        """The part of a deviation ``d`` [N, 3, H, W] that the statistic sees: its
-        band-pass along the key's direction, ``c · (c · DoG(d))`` (for evidence images)."""
-        sigma = self.config["sigma"]
-        band = _gaussian_blur(d, sigma / 2) - _gaussian_blur(d, sigma)
-        c = self.direction.to(d.dtype)
-        return c * (c * band).sum(dim=1, keepdim=True)
+        """The part of a deviation ``d`` [N, 3, H, W] that the statistic sees: in each band,
+        its band-pass along that band's chroma vector (for evidence images)."""
+        out = torch.zeros_like(d)
+        for c, sigma in zip(self.direction.to(d.dtype), self.config["sigmas"], strict=True):
+            c = c[None] / c.norm().clamp_min(1e-12)
+            out = out + c * (c * _band_pass(d, sigma)).sum(dim=1, keepdim=True)
+        return out
 
     def forward(self, b: Tensor) -> Tensor:
         return b + self.config["amp"] * self.template(b)
+
+
+def signature_key_test(outputs: Tensor, unmarked: Tensor, signature: Signature,
+                       n_random: int = SIGNATURE_RANDOM_KEYS) -> dict[str, float]:  # fmt: skip
+    """Exact test of "signed with this key": the owner's key ranked among random keys.
+
+    For every key (chroma coefficients c over the signature's basis maps), the score is
+    the pooled correlation of the suspect's deviation d = ``outputs`` − ``unmarked`` with
+    that key's template. A suspect that was not derived from a model signed with this key
+    is independent of the key, and the owner's key was drawn exactly as the random ones
+    are (:func:`random_signature_coefficients`), so its rank among them is uniform:
+    ``p = (1 + #{random keys scoring ≥ the owner's}) / (n_random + 1)`` is an exact
+    p-value that needs no null models and holds between owners too. The random keys come
+    from a fixed seed (the same for every verify). Returns ``key_p``, ``fit_cos`` (the
+    cosine, in the basis' own metric, between the key and the coefficients that fit d
+    best: 1 for a copy) and ``random_max`` (the best random key's correlation).
+    Images [N, 3, H, W] in [0, 1].
+    """
+    u = unmarked.float()
+    maps = signature.basis(u).permute(1, 2, 0, 3, 4, 5).flatten(2).flatten(0, 1).double()
+    d = (outputs.float() - u).flatten().double()
+    g, gram = maps @ d, maps @ maps.T  # [K], [K, K]: K = 2 x bands
+
+    def score(c: Tensor) -> Tensor:  # keys [k, K] -> correlations [k]
+        norms = ((c @ gram) * c).sum(-1).clamp_min(1e-30).sqrt() * d.norm().clamp_min(1e-30)
+        return (c @ g) / norms
+
+    bands = len(signature.config["sigmas"])
+    own = float(score(signature.coefficients().flatten().double()[None])[0])
+    gen = torch.Generator().manual_seed(20261204)
+    others = score(random_signature_coefficients(n_random, bands, gen).flatten(1).double())
+    p = (1 + int((others >= own).sum())) / (n_random + 1)
+    best = torch.linalg.lstsq(gram, g[:, None]).solution.T  # the suspect's own coefficients
+    best_rho = float(score(best)[0]) if float(best.abs().sum()) > 0 else 0.0
+    fit = own / best_rho if best_rho > 1e-12 else 0.0
+    return {"key_p": p, "fit_cos": round(fit, 4), "random_max": round(float(others.max()), 6)}
 
 
 def signature_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> Tensor:
@@ -954,20 +1031,23 @@ def verify(
     ``pooled_p_value``): R alone also reacts to the 2 × 2 artefacts of some weak
     independent networks.
 
-    Keys with a content signature (colour keys protected since session 8) also get a
-    second test, reported in ``details`` but not part of the decision: the pooled
+    Keys with a content signature (colour keys protected since session 8) get a second
+    test on the same answers, made for the thief the logo test misses (rotated, flipped,
+    cropped-and-resized training pairs average H's carrier away, JPEG removes it; the
+    signature survives both). Its p-value ``signature_null_p`` compares the pooled
     correlation ρ of (answers − the owner's unmarked outputs, stored in the key) with the
-    signature template, against the ρ of null models (those measured at protect, or
-    three or more ``nulls``) as a predictive Student-t p-value (``signature_p_value``;
-    ``signature_match`` when ≤ ``alpha``). It is the test an augmented surrogate
-    (rotated, flipped, cropped-and-resized training pairs) still fails: such a thief
-    averages H's carrier away but learns the signature. It says "derived from a model
-    signed in a chroma direction close to this key's", not "this owner's": the
-    direction is one angle, so ``signature_angle_deg`` (between the key's direction and
-    the suspect's best-fitting one) and ``signature_owner_p`` (the share of random
-    keys whose direction fits the suspect at least as well, angle / 180°) say how
-    specific it is. With user ``queries`` it is skipped (the unmarked outputs are the
-    key's).
+    key's template against the ρ of null models (measured at protect, or three or more
+    ``nulls``; predictive Student t): "signed". Behind a gate, as the logo test is behind
+    the carrier gate: ``signature_key_p``, the owner's key ranked among random keys
+    (:func:`signature_key_test`, exact), must be at most ``SIGNATURE_KEY_GATE``: "with
+    this key, not another owner's" (otherwise ``signature_p_value`` is 1). Since session
+    13 the decision takes both tests, Bonferroni-corrected so that its level stays
+    ``alpha``: p = 2 · min(logo p, signature p), capped at 1; ``logo_p_value``,
+    ``logo_match``, ``signature_match`` (each at ``alpha`` / 2) and ``matched_by`` say
+    which test found it. A key with the one-band signature of sessions 8-12 has two
+    coefficients (one angle): ``signature_key_p`` is then the share of random angles at
+    least as close. With user ``queries`` the signature is skipped (the unmarked outputs
+    are the key's).
 
     Evidence (with ``evidence_dir``): ``evidence.png``, a grid of queries, suspect
     outputs and recovered logos, next to the key's logo.
@@ -996,13 +1076,15 @@ def verify(
         null_rate = float((null_scores > threshold).float().mean())
         paper_null_rate: float | None = float((null_scores > SUCCESS_NC).float().mean())
         n_null = len(null_scores)
-        # How many of the null models would this rule itself call a match?
-        matched = sum(
+        # How many of the null models would the logo test call a match (at alpha / 2 when
+        # the signature test stands beside it)?
+        level = alpha / 2 if load_signature(key) is not None and queries is None else alpha
+        logo_hits = [
             _passes_gate(_carrier_cos_or_none(o, key)) and decide(pooled_success_test(
-                int((s > threshold).sum()), len(s), null_rate, n_null), alpha) == "match"
+                int((s > threshold).sum()), len(s), null_rate, n_null), level) == "match"
             for o, s in answers
-        )  # fmt: skip
-        details.update({"null_fpr": matched / len(per_null), "n_null_models": len(per_null),
+        ]  # fmt: skip
+        details.update({"n_null_models": len(per_null),
                         "null_mean": float(null_scores.mean())})  # fmt: skip
     else:
         if "null_rate" not in key.params:
@@ -1024,10 +1106,27 @@ def verify(
     if not gate:
         details["pooled_p_value"] = p_value
         p_value = 1.0
+    details["logo_p_value"] = p_value
     sig = _signature_test(key, outputs, queries, nulls)
-    if sig is not None:  # evidence beside the decision (see the docstring)
+    if sig is not None:  # two tests of one claim, Bonferroni: the decision's level stays alpha
         details.update(sig)
-        details["signature_match"] = sig["signature_p_value"] <= alpha
+        details["logo_match"] = p_value <= alpha / 2
+        details["signature_match"] = sig["signature_p_value"] <= alpha / 2
+        details["matched_by"] = [name for name in ("logo", "signature")
+                                 if details[f"{name}_match"]]  # fmt: skip
+        p_value = min(1.0, 2.0 * min(p_value, sig["signature_p_value"]))
+    if nulls:  # the share of the null models this rule itself calls a match
+        sig_hits = [False] * len(nulls)
+        if sig is not None:  # each null model against the others, as the suspect is
+            signature, unmarked = load_signature(key), key.tensor("unmarked").float()
+            rhos = [pooled_rho(o, unmarked, signature) for o, _ in answers]
+            sig_hits = [
+                _signature_null_hit(o, unmarked, signature, rho, rhos[:i] + rhos[i + 1 :],
+                                    key, alpha / 2)
+                for i, ((o, _), rho) in enumerate(zip(answers, rhos, strict=True))
+            ]  # fmt: skip
+        hits = sum(a or b for a, b in zip(logo_hits, sig_hits, strict=True))
+        details["null_fpr"] = hits / len(nulls)
     evidence: dict[str, str] = {}
     if evidence_dir is not None:
         evidence["grid"] = str(_evidence(key, queries, outputs, scores, Path(evidence_dir)))
@@ -1041,6 +1140,18 @@ def verify(
         evidence=evidence,
         details=details,
     )
+
+
+def _signature_null_hit(outputs: Tensor, unmarked: Tensor, signature: Signature, rho: float,
+                        others: list[float], key: Key, level: float) -> bool:  # fmt: skip
+    """Would the signature test call this null model a match (against the other nulls)?"""
+    from pixmark.stats import predictive_p_value
+
+    if len(others) < 3:
+        others = others + [float(v) for v in key.params["signature"]["null_rho"]]
+    if predictive_p_value(rho, others) > level:
+        return False
+    return signature_key_test(outputs, unmarked, signature)["key_p"] <= SIGNATURE_KEY_GATE
 
 
 def _carrier_cos_or_none(outputs: Tensor, key: Key) -> float | None:
@@ -1057,12 +1168,14 @@ def load_signature(key: Key) -> Signature | None:
     cfg = key.params.get("signature")
     if cfg is None:
         return None
-    return Signature(key.tensor("signature.direction"), cfg["sigma"], cfg["amp"]).eval()
+    sigmas = cfg.get("sigmas") or [cfg["sigma"]]  # one band σ = 3 before session 13
+    return Signature(key.tensor("signature.direction"), sigmas, cfg["amp"]).eval()
 
 
 def _signature_test(key: Key, outputs: Tensor, queries: Tensor | None,
                     nulls: list[Query] | None) -> dict[str, Any] | None:  # fmt: skip
-    """The signature half of verify: pooled ρ of the suspect against the null models'."""
+    """The signature half of verify: the owner's key ranked among random keys (exact,
+    :func:`signature_key_test`) and the pooled ρ against the null models' (predictive)."""
     signature = load_signature(key)
     if signature is None or queries is not None:  # B = M(queries) is known for the key's own
         return None
@@ -1079,18 +1192,18 @@ def _signature_test(key: Key, outputs: Tensor, queries: Tensor | None,
             null_rho, source = passed, f"{len(nulls)} null models passed to verify"
         else:
             null_rho, source = null_rho + passed, f"{source} + {len(nulls)} passed to verify"
-    # The suspect's best-fitting chroma direction: rho is linear in the direction, so
-    # its component along the in-plane normal of the key's direction gives the angle.
-    c = signature.direction.flatten()
-    normal = torch.linalg.cross(torch.ones(3) / math.sqrt(3.0), c)
-    across = Signature(normal, signature.config["sigma"], signature.config["amp"])
-    rho_across = pooled_rho(outputs, unmarked, across)
-    angle = math.degrees(math.atan2(rho_across, rho)) if rho or rho_across else 180.0
+    exact = signature_key_test(outputs, unmarked, signature)
+    null_p = predictive_p_value(rho, null_rho)
+    gate = exact["key_p"] <= SIGNATURE_KEY_GATE
     return {
         "signature_rho": round(rho, 4),
-        "signature_p_value": predictive_p_value(rho, null_rho),
-        "signature_angle_deg": round(angle, 1),
-        "signature_owner_p": round(abs(angle) / 180.0, 4),
+        # "signed" (against null models), behind the gate "with this key" (among random keys)
+        "signature_p_value": null_p if gate else 1.0,
+        "signature_key_p": exact["key_p"],
+        "signature_null_p": null_p,
+        "signature_key_gate": SIGNATURE_KEY_GATE,
+        "signature_fit_cos": exact["fit_cos"],
+        "signature_bands": len(signature.config["sigmas"]),
         "signature_null_mean": round(sum(null_rho) / len(null_rho), 4),
         "signature_null_max": round(max(null_rho), 4),
         "signature_null_source": source,
@@ -1142,6 +1255,7 @@ __all__ = [
     "query_scores",
     "pooled_rho",
     "render_logo",
+    "signature_key_test",
     "signature_rho",
     "verify",
 ]
