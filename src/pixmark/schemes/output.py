@@ -280,10 +280,7 @@ class Extractor(nn.Module):
 SIGNATURE_SIGMAS = (1.5, 3.0)
 #: Random keys the signature's exact test ranks the owner's key among (p ≥ 1 / (n + 1)).
 SIGNATURE_RANDOM_KEYS = 99_999
-#: A signature match also needs the owner's key among the top this share of random keys
-#: (``signature_key_p`` at most this): the signature's counterpart of ``CARRIER_GATE``.
-#: It is exact: a model signed by another owner passes it with this probability.
-SIGNATURE_KEY_GATE = 0.01
+
 #: Two orthonormal chroma axes (orthogonal to grey): a signature's coefficients live here.
 CHROMA = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
 CHROMA = CHROMA / CHROMA.norm(dim=1, keepdim=True)
@@ -1034,14 +1031,13 @@ def verify(
     Keys with a content signature (colour keys protected since session 8) get a second
     test on the same answers, made for the thief the logo test misses (rotated, flipped,
     cropped-and-resized training pairs average H's carrier away, JPEG removes it; the
-    signature survives both). Its p-value ``signature_null_p`` compares the pooled
-    correlation ρ of (answers − the owner's unmarked outputs, stored in the key) with the
-    key's template against the ρ of null models (measured at protect, or three or more
-    ``nulls``; predictive Student t): "signed". Behind a gate, as the logo test is behind
-    the carrier gate: ``signature_key_p``, the owner's key ranked among random keys
-    (:func:`signature_key_test`, exact), must be at most ``SIGNATURE_KEY_GATE``: "with
-    this key, not another owner's" (otherwise ``signature_p_value`` is 1). Since session
-    13 the decision takes both tests, Bonferroni-corrected so that its level stays
+    signature survives both). Its p-value ``signature_p_value`` is the larger of two:
+    ``signature_key_p``, the owner's key ranked among random keys
+    (:func:`signature_key_test`, exact: "with this key, not another owner's"), and
+    ``signature_null_p``, the pooled correlation ρ of (answers − the owner's unmarked
+    outputs, stored in the key) with the key's template against the ρ of null models
+    (measured at protect, or three or more ``nulls``; predictive Student t): "signed".
+    Since session 13 the decision takes both tests, Bonferroni-corrected so that its level stays
     ``alpha``: p = 2 · min(logo p, signature p), capped at 1; ``logo_p_value``,
     ``logo_match``, ``signature_match`` (each at ``alpha`` / 2) and ``matched_by`` say
     which test found it. A key with the one-band signature of sessions 8-12 has two
@@ -1151,7 +1147,7 @@ def _signature_null_hit(outputs: Tensor, unmarked: Tensor, signature: Signature,
         others = others + [float(v) for v in key.params["signature"]["null_rho"]]
     if predictive_p_value(rho, others) > level:
         return False
-    return signature_key_test(outputs, unmarked, signature)["key_p"] <= SIGNATURE_KEY_GATE
+    return signature_key_test(outputs, unmarked, signature)["key_p"] <= level
 
 
 def _carrier_cos_or_none(outputs: Tensor, key: Key) -> float | None:
@@ -1194,14 +1190,13 @@ def _signature_test(key: Key, outputs: Tensor, queries: Tensor | None,
             null_rho, source = null_rho + passed, f"{source} + {len(nulls)} passed to verify"
     exact = signature_key_test(outputs, unmarked, signature)
     null_p = predictive_p_value(rho, null_rho)
-    gate = exact["key_p"] <= SIGNATURE_KEY_GATE
     return {
         "signature_rho": round(rho, 4),
-        # "signed" (against null models), behind the gate "with this key" (among random keys)
-        "signature_p_value": null_p if gate else 1.0,
+        # Both must be small: "with this key" (exact, among random keys) and "signed"
+        # (against null models). The larger is the test's p-value: its level is exact.
+        "signature_p_value": max(exact["key_p"], null_p),
         "signature_key_p": exact["key_p"],
         "signature_null_p": null_p,
-        "signature_key_gate": SIGNATURE_KEY_GATE,
         "signature_fit_cos": exact["fit_cos"],
         "signature_bands": len(signature.config["sigmas"]),
         "signature_null_mean": round(sum(null_rho) / len(null_rho), 4),
