@@ -870,7 +870,7 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         "empirical_p": verdict.details.get("empirical_p"),
         "null_fpr": verdict.details.get("null_fpr"),
         "n_null_models": verdict.details.get("n_null_models", 0),
-        # output scheme, colour keys: the content signature's test (beside the decision)
+        # output scheme, colour keys: the content signature's test (half of the decision)
         "signature_p": verdict.details.get("signature_p_value"),
         "signature_match": verdict.details.get("signature_match"),
         "fidelity_psnr": build["fidelity_psnr"],
