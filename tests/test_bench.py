@@ -514,3 +514,19 @@ def test_config_profiles_and_named_attacks(tmp_path):
     bad["attacks"] = {"x": {"kind": "surrogate", "strenghts": [1]}}
     with pytest.raises(PixmarkError, match="attack x has unknown setting"):
         load_config(bad)
+
+
+def test_named_scheme_line_runs_its_null_rows(tmp_path):
+    """A scheme line with a name of its own (``trigger-named: {scheme: trigger}``) runs end
+    to end, its null rows' random-key statistics included: those once looked the scheme up
+    by the line's name and failed on every null row (session 13)."""
+    config = json.loads(json.dumps(TINY))
+    config["schemes"] = {"trigger-named": {"scheme": "trigger", **TINY["schemes"]["trigger"]}}
+    config["attacks"] = {"none": [None]}
+    config["nulls"]["count"] = 1
+    run_bench(config, tmp_path / "out", progress=False, report=False)
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert {r["scheme"] for r in rows} == {"trigger-named"}
+    assert not [r for r in rows if r["decision"] == "error"], rows
+    null = [r for r in rows if r["attack"] == "null"]
+    assert len(null) == 1 and len(null[0]["random_key_statistics"]) == 5

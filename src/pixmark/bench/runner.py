@@ -841,7 +841,7 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
     # draw them without training anything (trigger).
     random_key_stats = None
     if level == "null" and spec.get("random_keys"):
-        scheme = api.scheme_module(spec["scheme"])
+        scheme = api.scheme_module(key.scheme)  # the line's kind; spec["scheme"] is its name
         if hasattr(scheme, "random_key_statistics"):
             values = scheme.random_key_statistics(query, key, spec["random_keys"])
             random_key_stats = [_finite(v) for v in values]
