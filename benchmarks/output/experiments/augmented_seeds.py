@@ -53,7 +53,7 @@ def main() -> None:
                      "logo_decision": v.decision, "logo_mean_nc": round(v.statistic, 4),
                      "signature_rho": d["signature_rho"], "signature_p": d["signature_p_value"],
                      "signature_match": d["signature_match"],
-                     "angle_deg": d["signature_angle_deg"],
+                     "fit_cos": d["signature_fit_cos"],  # angle_deg before session 13
                      "seconds": round(time.time() - t0)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).write_text(json.dumps({"key": args.key, "rows": rows}, indent=1))

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/output/experiments/averaging_vs_signature.py \
         --key runs/demo/acme.key --model runs/demo/protected.safetensors
 
-Prints, per strength, the verdict (logo test), the signature's rho / p / angle, the
-carrier cosine and the attacked answers' PSNR against the owner's unmarked outputs.
+Prints, per strength, the verdict, the signature's rho / p / fit cos (an angle before
+session 13), the carrier cosine and the attacked answers' PSNR against the owner's unmarked outputs.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def main() -> None:
             answers = attacked(queries).clamp(0, 1)
         d = v.details
         print(f"strength {strength:g}: {v.decision} (logo NC {v.statistic:.3f}); signature "
-              f"rho {d['signature_rho']:.3f} p {d['signature_p_value']:.2g} angle "
-              f"{d['signature_angle_deg']:.1f}; carrier_cos {d['carrier_cos']:.3f}; "
+              f"rho {d['signature_rho']:.3f} p {d['signature_p_value']:.2g} fit cos "
+              f"{d['signature_fit_cos']:.2f}; carrier_cos {d['carrier_cos']:.3f}; "
               f"{float(psnr(answers, unmarked)):.2f} dB vs unmarked", flush=True)  # fmt: skip
 
 

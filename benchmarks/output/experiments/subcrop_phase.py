@@ -4,7 +4,7 @@
 Needs `make demo` artefacts in runs/demo. `python <script> random|even|c64`, nice -n 5, 2 shared
 CPU cores. Printed: random no match 0.0 0 / even match 0.980 32 / c64 match 0.981 32.
 Session 8: PIXMARK_DEMO=<folder with acme.key, protected.safetensors> also prints the
-content signature's rho / p / angle.
+content signature's rho / p / fit cos (angle before session 13).
 """
 
 import os, sys, torch
@@ -52,7 +52,7 @@ sur = train_surrogate(
 v = output.verify(as_query(sur), key)
 sig = {
     k: v.details[k]
-    for k in ("signature_rho", "signature_p_value", "signature_angle_deg")
+    for k in ("signature_rho", "signature_p_value", "signature_fit_cos")
     if k in v.details
 }
 print(mode, v.decision, v.statistic, v.details.get("successes"), sig, flush=True)
