@@ -223,7 +223,10 @@ def test_base2_label_backdoor_matches_only_the_marked_host(host, null_host, tmp_
     for clean in (host, null_host):
         v = base2.verify(as_query(clean), key)
         assert v.decision == "no match" and v.statistic <= v.threshold
-    other = base2.keygen("Globex", channels=1)
+    # A fixed secret: with a fresh one each run this failed now and then, as it may at its
+    # level (session 13: 1 of 300 other owners' keys matched the marked host, 3 chance
+    # hits of 40, p 6.6e-4 <= 1e-3).
+    other = base2.keygen("Globex", channels=1, secret="6f" * 32)
     assert base2.verify(as_query(result.model), other).decision == "no match"
     with pytest.raises(PixmarkError, match="not a 'trigger-base2'"):
         base2.verify(as_query(host), trigger.keygen("ACME Imaging", secret=SECRET))
