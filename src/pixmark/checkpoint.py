@@ -118,9 +118,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         kw = config["kwargs"]
         signature = None  # its direction is a buffer: it comes from the weights
         if "signature" in kw:
-            cfg = kw["signature"]
-            sigmas = cfg.get("sigmas") or [cfg["sigma"]]  # one band σ = 3 before session 13
-            signature = Signature(torch.zeros(len(sigmas), 3), sigmas, cfg["amp"])
+            signature = Signature.from_config(kw["signature"])
         return Watermarked(
             build_model(kw["model"]),
             build_model(kw["embedder"]),

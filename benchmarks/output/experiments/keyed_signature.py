@@ -36,8 +36,7 @@ from pixmark.schemes import output
 from pixmark.schemes.base import as_query, independent_models
 from pixmark.schemes.output import _gaussian_blur
 
-E = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
-E = E / E.norm(dim=1, keepdim=True)  # two orthonormal chroma axes, orthogonal to grey
+E = output.CHROMA  # two orthonormal chroma axes, orthogonal to grey
 
 
 def basis(b: Tensor, sigmas: tuple[float, ...], harmonics: int) -> Tensor:

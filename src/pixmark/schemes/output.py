@@ -341,6 +341,15 @@ class Signature(nn.Module):
         self.config = {"sigmas": [float(s) for s in sigmas], "amp": float(amp)}
         self.register_buffer("direction", direction.reshape(-1, 3, 1, 1).clone())
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], direction: Tensor | None = None) -> Signature:
+        """Rebuild from a saved ``config`` ({"sigmas", "amp"}; one band {"sigma", "amp"}
+        before session 13). Without ``direction`` its buffer is zeros, to load weights into."""
+        sigmas = config.get("sigmas") or [config["sigma"]]
+        if direction is None:
+            direction = torch.zeros(len(sigmas), 3)
+        return cls(direction, sigmas, config["amp"])
+
     def bands(self, b: Tensor) -> Tensor:
         """The band-pass luma of images ``b`` at each scale: [N, bands, 1, H, W]."""
         luma = b.mean(dim=1, keepdim=True)
@@ -1072,12 +1081,10 @@ def verify(
         null_rate = float((null_scores > threshold).float().mean())
         paper_null_rate: float | None = float((null_scores > SUCCESS_NC).float().mean())
         n_null = len(null_scores)
-        # How many of the null models would the logo test call a match (at alpha / 2 when
-        # the signature test stands beside it)?
-        level = alpha / 2 if load_signature(key) is not None and queries is None else alpha
-        logo_hits = [
-            _passes_gate(_carrier_cos_or_none(o, key)) and decide(pooled_success_test(
-                int((s > threshold).sum()), len(s), null_rate, n_null), level) == "match"
+        # Each null model's logo p-value, as the suspect's is taken (for null_fpr below).
+        null_logo_p = [
+            pooled_success_test(int((s > threshold).sum()), len(s), null_rate, n_null)
+            if _passes_gate(_carrier_cos_or_none(o, key)) else 1.0
             for o, s in answers
         ]  # fmt: skip
         details.update({"n_null_models": len(per_null),
@@ -1103,25 +1110,21 @@ def verify(
         details["pooled_p_value"] = p_value
         p_value = 1.0
     details["logo_p_value"] = p_value
-    sig = _signature_test(key, outputs, queries, nulls)
+    null_outputs = [o for o, _ in answers] if nulls else []
+    # B = M(queries) is known for the key's own queries only
+    sig = None if queries is not None else _signature_test(key, outputs, null_outputs)
+    level, null_sig_p = alpha, [1.0] * len(null_outputs)
     if sig is not None:  # two tests of one claim, Bonferroni: the decision's level stays alpha
-        details.update(sig)
-        details["logo_match"] = p_value <= alpha / 2
-        details["signature_match"] = sig["signature_p_value"] <= alpha / 2
+        sig_details, null_sig_p = sig
+        details.update(sig_details)
+        level = alpha / 2
+        details["logo_match"] = p_value <= level
+        details["signature_match"] = sig_details["signature_p_value"] <= level
         details["matched_by"] = [name for name in ("logo", "signature")
                                  if details[f"{name}_match"]]  # fmt: skip
-        p_value = min(1.0, 2.0 * min(p_value, sig["signature_p_value"]))
+        p_value = min(1.0, 2.0 * min(p_value, sig_details["signature_p_value"]))
     if nulls:  # the share of the null models this rule itself calls a match
-        sig_hits = [False] * len(nulls)
-        if sig is not None:  # each null model against the others, as the suspect is
-            signature, unmarked = load_signature(key), key.tensor("unmarked").float()
-            rhos = [pooled_rho(o, unmarked, signature) for o, _ in answers]
-            sig_hits = [
-                _signature_null_hit(o, unmarked, signature, rho, rhos[:i] + rhos[i + 1 :],
-                                    key, alpha / 2)
-                for i, ((o, _), rho) in enumerate(zip(answers, rhos, strict=True))
-            ]  # fmt: skip
-        hits = sum(a or b for a, b in zip(logo_hits, sig_hits, strict=True))
+        hits = sum(min(a, b) <= level for a, b in zip(null_logo_p, null_sig_p, strict=True))
         details["null_fpr"] = hits / len(nulls)
     evidence: dict[str, str] = {}
     if evidence_dir is not None:
@@ -1138,18 +1141,6 @@ def verify(
     )
 
 
-def _signature_null_hit(outputs: Tensor, unmarked: Tensor, signature: Signature, rho: float,
-                        others: list[float], key: Key, level: float) -> bool:  # fmt: skip
-    """Would the signature test call this null model a match (against the other nulls)?"""
-    from pixmark.stats import predictive_p_value
-
-    if len(others) < 3:
-        others = others + [float(v) for v in key.params["signature"]["null_rho"]]
-    if predictive_p_value(rho, others) > level:
-        return False
-    return signature_key_test(outputs, unmarked, signature)["key_p"] <= level
-
-
 def _carrier_cos_or_none(outputs: Tensor, key: Key) -> float | None:
     h, w = outputs.shape[-2:]
     return carrier_cos(outputs, key) if h % 2 == 0 and w % 2 == 0 else None
@@ -1164,45 +1155,66 @@ def load_signature(key: Key) -> Signature | None:
     cfg = key.params.get("signature")
     if cfg is None:
         return None
-    sigmas = cfg.get("sigmas") or [cfg["sigma"]]  # one band σ = 3 before session 13
-    return Signature(key.tensor("signature.direction"), sigmas, cfg["amp"]).eval()
+    return Signature.from_config(cfg, key.tensor("signature.direction")).eval()
 
 
-def _signature_test(key: Key, outputs: Tensor, queries: Tensor | None,
-                    nulls: list[Query] | None) -> dict[str, Any] | None:  # fmt: skip
+def _signature_nulls(key: Key, passed: list[float]) -> tuple[list[float], str]:
+    """The null models' ρ the signature test compares with, and where they come from:
+    three or more passed to verify replace the key's (measured at protect); fewer cannot
+    fit a null alone and are added to them."""
+    stored = [float(v) for v in key.params["signature"]["null_rho"]]
+    source = "measured at protect: " + ", ".join(key.params["signature"]["null_models"])
+    if len(passed) >= 3:
+        return passed, f"{len(passed)} null models passed to verify"
+    if passed:
+        return stored + passed, f"{source} + {len(passed)} passed to verify"
+    return stored, source
+
+
+def _signature_test(key: Key, outputs: Tensor, null_outputs: list[Tensor],
+                    ) -> tuple[dict[str, Any], list[float]] | None:  # fmt: skip
     """The signature half of verify: the owner's key ranked among random keys (exact,
-    :func:`signature_key_test`) and the pooled ρ against the null models' (predictive)."""
+    :func:`signature_key_test`) and the pooled ρ against the null models' (predictive).
+
+    ``outputs``: the suspect's answers to the key's queries; ``null_outputs``: those of
+    the null models passed to verify (may be empty). Returns the details, and each null
+    model's signature p-value taken as the suspect's is (against the other null models),
+    or None for keys without a signature.
+    """
     signature = load_signature(key)
-    if signature is None or queries is not None:  # B = M(queries) is known for the key's own
+    if signature is None:
         return None
     from pixmark.stats import predictive_p_value
 
     unmarked = key.tensor("unmarked").float()
-    rho = pooled_rho(outputs, unmarked, signature)
-    null_rho = [float(v) for v in key.params["signature"]["null_rho"]]
-    source = "measured at protect: " + ", ".join(key.params["signature"]["null_models"])
-    if nulls:  # three or more replace the key's values; fewer cannot fit a null alone
-        q = key.tensor("queries").float()
-        passed = [pooled_rho(m(q).float().clamp(0, 1), unmarked, signature) for m in nulls]
-        if len(passed) >= 3:
-            null_rho, source = passed, f"{len(nulls)} null models passed to verify"
-        else:
-            null_rho, source = null_rho + passed, f"{source} + {len(nulls)} passed to verify"
-    exact = signature_key_test(outputs, unmarked, signature)
-    null_p = predictive_p_value(rho, null_rho)
-    return {
-        "signature_rho": round(rho, 4),
+
+    def p_value(answers: Tensor, rho: float, null_rho: list[float]) -> tuple[float, dict]:
         # Both must be small: "with this key" (exact, among random keys) and "signed"
         # (against null models). The larger is the test's p-value: its level is exact.
-        "signature_p_value": max(exact["key_p"], null_p),
-        "signature_key_p": exact["key_p"],
-        "signature_null_p": null_p,
-        "signature_fit_cos": exact["fit_cos"],
+        exact = signature_key_test(answers, unmarked, signature)
+        null_p = predictive_p_value(rho, null_rho)
+        return max(exact["key_p"], null_p), {**exact, "null_p": null_p}
+
+    passed = [pooled_rho(o, unmarked, signature) for o in null_outputs]
+    null_rho, source = _signature_nulls(key, passed)
+    rho = pooled_rho(outputs, unmarked, signature)
+    p, parts = p_value(outputs, rho, null_rho)
+    per_null = [
+        p_value(o, r, _signature_nulls(key, passed[:i] + passed[i + 1 :])[0])[0]
+        for i, (o, r) in enumerate(zip(null_outputs, passed, strict=True))
+    ]
+    details = {
+        "signature_rho": round(rho, 4),
+        "signature_p_value": p,
+        "signature_key_p": parts["key_p"],
+        "signature_null_p": parts["null_p"],
+        "signature_fit_cos": parts["fit_cos"],
         "signature_bands": len(signature.config["sigmas"]),
         "signature_null_mean": round(sum(null_rho) / len(null_rho), 4),
         "signature_null_max": round(max(null_rho), 4),
         "signature_null_source": source,
     }
+    return details, per_null
 
 
 def _evidence(key: Key, queries: Tensor | None, outputs: Tensor, scores: Tensor,
