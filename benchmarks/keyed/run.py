@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pixmark.bench.runner import device_name
+
 NULL_ARCHS = ("unet", "dncnn", "red")
 FLIPS = list(range(0, 33, 4))
 
@@ -64,7 +66,18 @@ def attacks() -> dict[str, Any]:
     }
 
 
-def train_host(task: str, arch: str, seed: int, channels: int, steps: int) -> nn.Module:
+def train_host(
+    task: str,
+    arch: str,
+    seed: int,
+    channels: int,
+    steps: int,
+    *,
+    width: int = 16,
+    size: int = 64,
+    device: str = "cpu",
+) -> nn.Module:
+    """A host or null model of ``task``: ``arch`` trained here on the bundled images."""
     from pixmark.api import train_model
 
     kwargs = {"depth": 2} if arch == "unet" else {"depth": 6} if arch == "dncnn" else {}
@@ -72,14 +85,14 @@ def train_host(task: str, arch: str, seed: int, channels: int, steps: int) -> nn
         task,
         arch,
         steps=steps,
-        size=64,
-        width=16,
+        size=size,
+        width=width,
         channels=channels,
         seed=seed,
         arch_kwargs=kwargs,
-        device="cpu",
+        device=device,
         progress=False,
-    ).model
+    ).model.cpu()
 
 
 def colour_logo(path: Path, owner: str) -> Path:
@@ -115,9 +128,12 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.out)
     start = time.perf_counter()
-    host = train_host(task, "unet", args.seed, args.channels, args.host_steps)
+    sizes = {"width": args.host_width, "size": args.host_size, "device": args.device}
+    host = train_host(task, "unet", args.seed, args.channels, args.host_steps, **sizes)
     nulls = [
-        train_host(task, NULL_ARCHS[i % len(NULL_ARCHS)], 100 + i, args.channels, args.host_steps)
+        train_host(
+            task, NULL_ARCHS[i % len(NULL_ARCHS)], 100 + i, args.channels, args.host_steps, **sizes
+        )
         for i in range(args.nulls)
     ]
     watermark = "binary"
@@ -125,6 +141,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
         watermark = str(colour_logo(out / f"logo-{task}.png", args.owner))
     # profile entries replaced from the command line (0: keep the profile's)
     overrides = {k: v for k, v in (("steps", args.steps), ("fidelity_end", args.fidelity_end)) if v}
+    overrides.update(json.loads(args.set))
     rows = []
     for robust in [True] if args.robust_only else [False, True] if args.robust else [False]:
         secret = hashlib.sha256(f"pixmark keyed bench {task} {args.seed}".encode()).hexdigest()
@@ -139,7 +156,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
                 robust=robust,
                 attempts=args.attempts,
                 overrides=overrides or None,
-                device="cpu",
+                device=args.device,
                 progress=False,
             )
         except PixmarkError as exc:  # the mark did not take: a result worth recording
@@ -191,6 +208,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--owner", default="ACME Imaging")
     parser.add_argument("--jobs", type=int, default=1, help="tasks run in parallel processes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--host-width", type=int, default=16, help="hosts' and nulls' width")
+    parser.add_argument("--host-size", type=int, default=64, help="their training crop, px")
+    parser.add_argument(
+        "--set", default="{}", help="more profile entries as JSON, e.g. '{\"size\": 128}'"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
@@ -204,7 +227,8 @@ def main() -> None:
             results.append(future.result())
             summary = {
                 "command": "benchmarks/keyed/run.py " + " ".join(sys.argv[1:]),
-                "machine": f"{os.uname().machine}, {os.cpu_count()} cores, 1 torch thread/job",
+                "machine": f"{os.uname().machine}, {os.cpu_count()} cores, 1 torch thread/job"
+                + (f", {device_name(args.device)}" if args.device != "cpu" else ""),
                 "seconds": round(time.perf_counter() - start, 1),
                 "args": vars(args),
                 "tasks": sorted(results, key=lambda r: tasks.index(r["task"])),

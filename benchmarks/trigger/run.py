@@ -25,6 +25,7 @@ from torch import nn
 
 from pixmark import data as pdata
 from pixmark.api import train_model
+from pixmark.bench.runner import device_name
 from pixmark.nets import pretrained_ffdnet
 from pixmark.schemes import trigger
 from pixmark.schemes.base import as_query
@@ -54,7 +55,9 @@ def drift(before: nn.Module, after: nn.Module) -> float:
     return (num / den) ** 0.5
 
 
-def finetune(model: nn.Module, steps: int, seed: int, task: str = "denoise") -> nn.Module:
+def finetune(
+    model: nn.Module, steps: int, seed: int, task: str = "denoise", device: str = "cpu"
+) -> nn.Module:
     """The attacker fine-tunes on clean task data only (l_d, Adam 1e-4, batch 8, 40 px)."""
     tuned = copy.deepcopy(model)
     channels = tuned.config["channels"]
@@ -62,8 +65,10 @@ def finetune(model: nn.Module, steps: int, seed: int, task: str = "denoise") -> 
     sampler = pdata.PairSampler([i for _, i in splits["train"]], task, 40, channels, seed=seed)
     prof = dict(trigger.PROFILES["quick"], lr=1e-4)
     k = torch.zeros(1, channels, 8, 8)
-    trigger._finetune(tuned, sampler, prof, trigger.Device("cpu"), k, k, weight=0.0, steps=steps)
-    return tuned.eval()
+    dev = trigger.Device(device)
+    tuned.to(dev.torch)
+    trigger._finetune(tuned, sampler, prof, dev, k, k, weight=0.0, steps=steps)
+    return tuned.cpu().eval()
 
 
 #: Hosts trained here (gray, 40 px crops): the paper's DnCNN, RED and VDSR, all with
@@ -75,7 +80,9 @@ HOSTS = {
 }
 
 
-def train_host(arch: str, seed: int, steps: int, task: str = "denoise") -> nn.Module:
+def train_host(
+    arch: str, seed: int, steps: int, task: str = "denoise", device: str = "cpu"
+) -> nn.Module:
     """A benchmark host or null model: ``HOSTS[arch]``, gray, 40 px crops of the bundled photos."""
     return train_model(
         task,
@@ -84,10 +91,10 @@ def train_host(arch: str, seed: int, steps: int, task: str = "denoise") -> nn.Mo
         size=40,
         channels=1,
         seed=seed,
-        device="cpu",
+        device=device,
         progress=False,
         **HOSTS[arch],
-    ).model
+    ).model.cpu()
 
 
 def dncnn(seed: int, steps: int) -> nn.Module:
@@ -101,6 +108,34 @@ def psnr_on_test(model: nn.Module, channels: int, task: str = "denoise") -> floa
     splits = pdata.split_images(pdata.images("builtin", channels=channels), seed=0)
     x, y = pdata.fixed_pairs([i for _, i in splits["test"]], task, 64, 16, 2, channels)
     return float(psnr(as_query(model)(x), y))
+
+
+def verify_latency(model: nn.Module, key: trigger.Key, device: str, runs: int = 20) -> dict:
+    """Wall time of one ``trigger.verify`` of a model held on ``device`` (the paper's 2.8 s).
+
+    The verdict alone: one query with the key's trigger(s), the distance, the NCC and the
+    Gamma null's p-value; no null models, no random keys, no evidence files. Median and
+    spread of ``runs`` calls after two warm-ups, synchronising CUDA around each.
+    """
+    dev = trigger.Device(device).torch
+    query = as_query(copy.deepcopy(model).to(dev))
+    times = []
+    for i in range(runs + 2):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        trigger.verify(query, key)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return {
+        "runs": runs,
+        "median_ms": 1000 * times[len(times) // 2],
+        "min_ms": 1000 * times[0],
+        "max_ms": 1000 * times[-1],
+    }
 
 
 def main() -> None:
@@ -120,12 +155,32 @@ def main() -> None:
     parser.add_argument(
         "--design", default="sobel", help="sobel, gradient, or bernoulli (the paper's Base-1)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (training and timing)")
+    parser.add_argument("--steps", type=int, default=None, help="override the profile's steps")
+    parser.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="stop embedding once the response matches (time to embed, not the full budget)",
+    )
+    parser.add_argument(
+        "--finetune-steps", default="100,300,1000", help="comma-separated attack budgets"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"args": vars(args), "device": "cpu", "torch_threads": args.threads}
+    results: dict = {
+        "args": vars(args),
+        "device": device_name(args.device),
+        "torch_threads": args.threads,
+    }
     t0 = time.perf_counter()
+
+    def save() -> None:  # after each part, so a run stopped early keeps what it measured
+        results["seconds"] = time.perf_counter() - t0
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(out / "results.json")
 
     task = args.task
     if args.host == "ffdnet":
@@ -133,8 +188,11 @@ def main() -> None:
             parser.error("the pretrained FFDNet is a denoiser (--task denoise)")
         host, null_arch = pretrained_ffdnet(channels=1), "dncnn"
     else:
-        host, null_arch = train_host(args.host, 0, args.host_steps, task), args.host
-    nulls = [train_host(null_arch, 100 + i, args.host_steps, task) for i in range(args.nulls)]
+        host, null_arch = train_host(args.host, 0, args.host_steps, task, args.device), args.host
+    nulls = [
+        train_host(null_arch, 100 + i, args.host_steps, task, args.device)
+        for i in range(args.nulls)
+    ]
     results["host_psnr"] = psnr_on_test(host, 1, task)
     results["null_psnr"] = [psnr_on_test(m, 1, task) for m in nulls]
 
@@ -144,18 +202,26 @@ def main() -> None:
         host,
         key,
         profile=args.profile,
-        device="cpu",
+        device=args.device,
         progress=False,
         control_run=True,
         overrides={
             k: v
-            for k, v in (("lr", args.lr), ("lam", args.lam), ("awp", args.awp))
+            for k, v in (
+                ("lr", args.lr),
+                ("lam", args.lam),
+                ("awp", args.awp),
+                ("steps", args.steps),
+                ("early_stop", True if args.early_stop else None),
+            )
             if v is not None
         },
     )
     results["protect_seconds"] = time.perf_counter() - t
     results["protect_report"] = protected.report
     model, pkey = protected.model, protected.key
+    results["verify_latency"] = verify_latency(model, pkey, args.device)
+    save()
 
     null_queries = [as_query(m) for m in nulls]
     suspects = {
@@ -191,6 +257,8 @@ def main() -> None:
             },
         }
 
+    save()
+
     # Uniqueness (paper Table IV/V): min over P random keys of d(M(K_i), G(K_i)).
     uniq = {}
     for name, suspect in suspects.items():
@@ -200,6 +268,7 @@ def main() -> None:
             "max_ncc_random_keys": max(s["ncc"][1:]),
         }
     results["uniqueness"] = uniq
+    save()
 
     # Ambiguity attack: best of N forged keys on the stolen (protected) model.
     forged = trigger.forge_key(model, "Mallory", tries=args.forge_tries, task=task)
@@ -211,6 +280,8 @@ def main() -> None:
         "design_d": v.details["design_d"],
         "design_ncc": v.details["design_ncc"],
     }
+
+    save()
 
     results["pruning"] = []
     for rate in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
@@ -227,9 +298,11 @@ def main() -> None:
             }
         )
 
+    save()
+
     results["finetuning"] = []
-    for steps in (100, 300, 1000):
-        tuned = finetune(model, steps, seed=7, task=task)
+    for steps in [int(n) for n in args.finetune_steps.split(",") if n]:
+        tuned = finetune(model, steps, seed=7, task=task, device=args.device)
         v = trigger.verify(as_query(tuned), pkey)
         results["finetuning"].append(
             {
@@ -241,9 +314,8 @@ def main() -> None:
                 "decision": v.decision,
             }
         )
+        save()
 
-    results["seconds"] = time.perf_counter() - t0
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

@@ -25,7 +25,7 @@ from pixmark.checkpoint import load_model, model_channels, save_model
 from pixmark.errors import PixmarkError
 from pixmark.fileio import check_output_path
 from pixmark.keys import Key, load_key, save_key
-from pixmark.schemes.base import Protected, Query, as_query
+from pixmark.schemes.base import Protected, Query, as_query, model_device
 from pixmark.stats import Verdict
 from pixmark.train import Device, History, evaluate, fit
 
@@ -505,7 +505,8 @@ def _removal_attack(
         attacked = _call(kind, removal.removal_network, query, clean, inputs=degraded, **options)
     if victim is None:
         return attacked
-    return Chain(victim, attacked.stage).eval()
+    # the cleaning stage comes back on the CPU: run it where the victim runs
+    return Chain(victim, attacked.stage.to(model_device(victim))).eval()
 
 
 def steal_pairs(

@@ -282,7 +282,7 @@ def fit(
     batch_size: int = 8,
     lr: float = 1e-3,
     loss: str | Callable[[Tensor, Tensor], Tensor] = "l2",
-    device: Device | None = None,
+    device: Device | str | None = None,
     seed: int = 0,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -297,9 +297,10 @@ def fit(
 
     ``source`` is any object with ``batch(n) -> (x, y)`` and ``state_dict``/``load_state_dict``
     (a :class:`pixmark.data.PairSampler`). Images are in [0, 1], NCHW. Returns the history
-    with the last losses and validation PSNR/SSIM on ``val_pairs``.
+    with the last losses and validation PSNR/SSIM on ``val_pairs``. ``device``: a
+    :class:`Device` or its name (``auto``, ``cpu``, ``cuda``); default ``auto``.
     """
-    device = device or Device()
+    device = device if isinstance(device, Device) else Device(device or "auto")
     dev = device.torch
     seed_everything(seed)
     model.to(dev).train()

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from pixmark.attacks import removal
 from pixmark.errors import PixmarkError
-from pixmark.schemes.base import Protected, check_profile
+from pixmark.schemes.base import Protected, check_profile, model_device
 from pixmark.train import Device, fit
 
 PRUNABLE: tuple[type[nn.Module], ...] = (
@@ -257,7 +257,7 @@ def fine_tune(
     steps: int,
     lr: float = 1e-4,
     loss: str | Callable[[Tensor, Tensor], Tensor] = "l2",
-    device: Device | None = None,
+    device: Device | str | None = None,
     progress: bool = False,
     *,
     batch_size: int = 8,
@@ -270,7 +270,8 @@ def fine_tune(
     ``state_dict``/``load_state_dict`` (a ``pixmark.data.PairSampler``); it is advanced
     by the call. ``lr`` (> 0) starts a cosine schedule; ``loss`` is "l1", "l2", "ssim" or
     a callable. Training is ``pixmark.train.fit`` (one training loop for everything);
-    ``device`` defaults to CUDA when available. The result is in eval mode, on the device
+    ``device`` (a ``Device`` or ``"auto"``, ``"cpu"``, ``"cuda"``) defaults to CUDA when
+    available. The result is in eval mode, on the device
     the input model was on.
     """
     fn = "fine_tune"
@@ -474,7 +475,8 @@ def apply_model_attack(name: str, model: nn.Module, strength: Any, **options: An
         attacked = removal.REMOVAL_ATTACKS[name](
             victim, options.pop("images"), strength=strength, **options
         )
-        return Chain(victim, attacked.stage).eval()
+        # the cleaning stage comes back on the CPU: run it where the victim runs
+        return Chain(victim, attacked.stage.to(model_device(victim))).eval()
     return MODEL_ATTACKS[name](model, strength, **options)
 
 

@@ -162,7 +162,7 @@ class SubtractPattern(nn.Module):
             pattern = F.interpolate(
                 pattern, size=x.shape[-2:], mode="bilinear", align_corners=False
             )
-        return (x - pattern.to(x.dtype)).clamp(0.0, 1.0)
+        return (x - pattern.to(x)).clamp(0.0, 1.0)
 
 
 def estimate_and_subtract(

@@ -812,6 +812,8 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         if kind == "fine_tune":
             options.setdefault("progress", False)
             options.setdefault("seed", seed)
+        if kind in ("fine_tune", "overwrite", "removal_network"):  # the ones that train
+            options.setdefault("device", spec["device"])
         suspect_model = api.attack(kind, protected, strength, task=spec["task"], **options)
     elif level == "surrogate":
         options.setdefault("steps", int(strength) if strength is not None else 600)

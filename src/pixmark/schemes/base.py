@@ -115,10 +115,17 @@ def independent_models(
     return models
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: its first parameter's device, else its first buffer's (a
+    parameter-free stage such as ``SubtractPattern``), else the CPU."""
+    first = next(iter([*model.parameters(), *model.buffers()]), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def as_query(model: nn.Module, batch_size: int = 8, name: str = "suspect") -> Query:
     """Wrap a local model as a :data:`Query` (no grad, batched, outputs clamped to [0, 1])."""
     model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
 
     @torch.no_grad()
     def query(images: Tensor) -> Tensor:

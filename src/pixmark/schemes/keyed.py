@@ -696,11 +696,12 @@ def protect(
                 with_key = extractor.decode(feats, bits).float()
                 wrong = _wrong_keys(bits.cpu(), half, rng.generator).to(dev.torch)
                 neg_key = extractor.decode(feats[:half], wrong).float()
+                # inside autocast: feats are bf16 on CUDA, the gate's weights float32
+                logits = extractor.gate_logit(feats).float()
             l1 = (with_key[:bs] - target).abs().mean()
             l2 = with_key[bs:].pow(2).mean()
             l3 = neg_key.pow(2).mean()
             l_w = ALPHA * l1 + NEG_WEIGHT * BETA * l2 + GAMMA * l3
-            logits = extractor.gate_logit(feats).float()
             labels = torch.cat([torch.ones(bs), torch.zeros(len(clean))]).to(logits.device)
             l_w = l_w + GATE_WEIGHT * F.binary_cross_entropy_with_logits(logits, labels)
             ramp = min(max((step / max(prof["steps"], 1) - 0.5) / 0.4, 0.0), 1.0)

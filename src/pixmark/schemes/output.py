@@ -234,6 +234,7 @@ def logo_nc(extracted: Tensor, logo: Tensor) -> Tensor:
     scores 1. ``logo`` [1 or N, C, H, W] is
     resized (bilinear) to the extracted size when they differ.
     """
+    logo = logo.to(extracted.device)
     if logo.shape[-2:] != extracted.shape[-2:]:
         logo = F.interpolate(logo, size=extracted.shape[-2:], mode="bilinear", align_corners=False)
     logo = logo.expand(extracted.shape[0], -1, -1, -1)
@@ -427,7 +428,8 @@ def signature_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> Te
     d = (outputs.float() - unmarked.float()).flatten(1)
     t = signature.template(unmarked.float()).flatten(1)
     denom = d.norm(dim=1) * t.norm(dim=1)
-    return torch.where(denom > 0, (d * t).sum(1) / denom.clamp_min(1e-12), torch.zeros(()))
+    zero = torch.zeros((), device=d.device)
+    return torch.where(denom > 0, (d * t).sum(1) / denom.clamp_min(1e-12), zero)
 
 
 def pooled_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> float:
@@ -609,7 +611,7 @@ def carrier_cos(outputs: Tensor, key: Key) -> float:
     high = x - F.avg_pool2d(F.pad(x, [1] * 4, mode="replicate"), 3, stride=1)
     tile = high.reshape(n, c, h // 2, 2, w // 2, 2).mean(dim=(0, 2, 4))
     tile = tile - tile.mean(dim=(1, 2), keepdim=True)
-    ref = carrier(key, c, 2)[0]
+    ref = carrier(key, c, 2)[0].to(tile.device)
     return float(F.cosine_similarity(tile.flatten(), ref.flatten(), dim=0))
 
 
@@ -672,6 +674,9 @@ def _ckpt(checkpoint: str | os.PathLike[str] | None, stage: str) -> Path | None:
 
 @torch.no_grad()
 def _apply(model: nn.Module, x: Tensor, dev: torch.device, batch: int = 16) -> Tensor:
+    """``model`` on ``x`` in batches, outputs on the CPU. Runs where the model's weights
+    are (``dev`` only for a model without any): surrogates come back on the CPU."""
+    dev = next((p.device for p in model.parameters()), dev)
     outs = [model(x[i : i + batch].to(dev)).float().clamp(0, 1).cpu() for i in
             range(0, len(x), batch)]  # fmt: skip
     return torch.cat(outs)

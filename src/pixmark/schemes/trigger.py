@@ -654,7 +654,7 @@ def _finetune(
             out = model(x).float()
             out_k = model(k_dev).float() if weight > 0 else None
         l_d = 0.5 * (out - y).pow(2).flatten(1).sum(1).mean()
-        l_w = (out_k - s_dev).pow(2).sum() if out_k is not None else torch.zeros(())
+        l_w = (out_k - s_dev).pow(2).sum() if out_k is not None else out.new_zeros(())
         if negatives is not None and weight > 0:
             k_neg, s_neg = (t.to(dev.torch) for t in negatives(step))
             with dev.autocast():

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# pixmark's GPU benchmarks in one call on one H200 (session 14): the three schemes' benchmark
+# scripts at once, each under a time limit, writing what they measured as they go.
+#
+#   bash benchmarks/gpu/h200.sh smoke OUT   # a tenth of the steps: checks the CUDA path, times it
+#   bash benchmarks/gpu/h200.sh main OUT    # the settings committed in benchmarks/*/results/*h200*
+#
+# Runs in the repository root on a machine whose python3 has PyTorch with CUDA. Packages
+# pixmark needs that such a machine lacks travel as wheels in .whl/ (installed to /tmp/site).
+# Results land in runs/gpu-<mode>/ and, packed, in OUT/<scheme>.tgz with each job's log.
+set -u
+mode=${1:?smoke or main}
+out=${2:?output folder}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH="$PWD/src:/tmp/site" PYTHONUNBUFFERED=1
+runs="runs/gpu-$mode"
+mkdir -p "$runs"
+{ date -u; nvidia-smi; python3 -c "import torch, sys; print(sys.version); print('torch', torch.__version__, torch.cuda.get_device_name(0))"; nproc; } >"$out/env.txt" 2>&1
+
+case $mode in
+smoke)
+    limit=170
+    trigger_full=(--steps 1500 --random-keys 50 --forge-tries 10 --finetune-steps 200 --nulls 1 --host-steps 300)
+    trigger_fast=(--early-stop --steps 3000 --random-keys 20 --forge-tries 5 --finetune-steps 100 --nulls 1 --host-steps 300)
+    keyed=(--steps 500 --nulls 1 --host-steps 200 --robust --tasks denoise,sr2)
+    output_profile=h200-smoke
+    ;;
+main)
+    limit=450
+    trigger_full=(--random-keys 1000 --forge-tries 200 --finetune-steps 1000,10000 --nulls 4 --host-steps 3000)
+    trigger_fast=(--early-stop --steps 3000 --random-keys 200 --forge-tries 50 --finetune-steps 1000 --nulls 2 --host-steps 3000)
+    keyed=(--steps 3000 --nulls 3 --host-steps 2000 --robust --tasks denoise,sr2,deblur)
+    output_profile=h200
+    ;;
+*)
+    echo "mode must be smoke or main" >&2
+    exit 2
+    ;;
+esac
+
+pixmark() { python3 -c 'import sys; from pixmark.cli import main; sys.argv[0] = "pixmark"; main()' "$@"; }
+
+# trigger (Quan et al.): the pretrained FFDNet host at the paper's profile (lambda 1e-3,
+# lr 1e-4, batch 128), once for the full 15000-step budget and once stopping when embedded
+timeout "$limit" python3 benchmarks/trigger/run.py --host ffdnet --profile paper --device cuda \
+    --threads 2 "${trigger_full[@]}" --out "$runs/trigger-ffdnet-paper" >"$out/trigger-full.log" 2>&1 &
+timeout "$limit" python3 benchmarks/trigger/run.py --host ffdnet --profile paper --device cuda \
+    --threads 2 "${trigger_fast[@]}" --out "$runs/trigger-ffdnet-paper-early" >"$out/trigger-early.log" 2>&1 &
+# keyed (Wu et al.): the paper profile (256 px, Adam 2e-4) for fewer steps, 32-wide hosts
+timeout "$limit" python3 benchmarks/keyed/run.py --profile paper --device cuda --attempts 1 \
+    --host-width 32 --host-size 96 --jobs 3 "${keyed[@]}" --out "$runs/keyed-paper" >"$out/keyed.log" 2>&1 &
+# output (Zhang et al.): Tables 1-2 and the augmented surrogate, 10 null models
+timeout "$limit" bash -c "$(declare -f pixmark); pixmark bench benchmarks/output/zhang2020.yaml \
+    --profile $output_profile --out $runs/zhang2020 --workers 6" >"$out/output.log" 2>&1 &
+wait
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$out/env.txt" 2>&1
+
+# Pack what was measured (not the trained models: the cache keeps only its build.json files).
+for scheme in trigger keyed zhang2020; do
+    find "$runs" -maxdepth 1 -name "$scheme*" | grep -q . || continue
+    tar czf "$out/$scheme.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.pt.tmp' \
+        "$runs"/"$scheme"* 2>>"$out/env.txt"
+done
+ls -la "$out" >>"$out/env.txt"
