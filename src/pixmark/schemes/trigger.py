@@ -502,17 +502,21 @@ def train_visualizer(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = False,
+    device: Device | None = None,
 ) -> nn.Module:
     """Train R: response S (and S + small noise) -> logo; other responses -> white blank.
 
     ``positive`` [T, C, M, N] is the stored response; ``negatives`` are responses that must
     stay unrecognizable (the unprotected model's response to K, responses to other
-    triggers, K itself). Adam 1e-3, MSE (paper eq. 9, plus the negatives).
+    triggers, K itself). Adam 1e-3, MSE (paper eq. 9, plus the negatives). Batches are
+    drawn on the CPU (the same draws on any device); training runs on ``device`` (default
+    the CPU) and R comes back on the CPU.
     """
+    dev = (device or Device("cpu")).torch
     size = logo.shape[-1]
     in_channels = positive.shape[0] * positive.shape[1]
     torch.manual_seed(seed)
-    vis = _new_visualizer(in_channels, width, size)
+    vis = _new_visualizer(in_channels, width, size).to(dev)
     opt = torch.optim.Adam(vis.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     blank = torch.ones_like(logo)
@@ -532,8 +536,8 @@ def train_visualizer(
                 pick = int(torch.randint(len(negatives), (1,), generator=g))
                 xs.append(_vis_input(negatives[pick]))
                 ys.append(blank)
-        out = vis(torch.cat(xs))
-        loss = F.mse_loss(out, torch.cat(ys))
+        out = vis(torch.cat(xs).to(dev))
+        loss = F.mse_loss(out, torch.cat(ys).to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -546,7 +550,7 @@ def train_visualizer(
         description="visualizer",
         progress=progress,
     )
-    return vis.eval()
+    return vis.cpu().eval()
 
 
 def _visualizer_tensors(vis: nn.Module) -> dict[str, Tensor]:
@@ -879,6 +883,7 @@ def protect(
         batch_size=prof["vis_batch"],
         seed=key.seed("visualizer") % 2**31,
         progress=progress,
+        device=dev,
     )
     vis_config = {
         "in_channels": trigger.shape[0] * channels,
