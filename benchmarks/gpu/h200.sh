@@ -7,7 +7,8 @@
 #
 # Runs in the repository root on a machine whose python3 has PyTorch with CUDA. Packages
 # pixmark needs that such a machine lacks travel as wheels in .whl/ (installed to /tmp/site).
-# Results land in runs/gpu-<mode>/ and, packed, in OUT/<scheme>.tgz with each job's log.
+# Results land in runs/gpu-<mode>/ and, packed, in OUT/<scheme>.tgz, OUT/logs.tgz and
+# OUT/zhang2020-report.html.gz.
 set -u
 mode=${1:?smoke or main}
 out=${2:?output folder}
@@ -62,10 +63,15 @@ timeout "$limit" bash -c "$(declare -f pixmark); pixmark bench benchmarks/output
 wait
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$out/env.txt" 2>&1
 
-# Pack what was measured (not the trained models: the cache keeps only its build.json files).
+# Pack what was measured (not the trained models: the cache keeps only its build.json files;
+# not the bench's evidence/ and plots/, which report.html inlines). The device tool returns at
+# most 8 files of at most 16 MiB: the logs go in one archive, the bench report on its own.
 for scheme in trigger keyed zhang2020; do
     find "$runs" -maxdepth 1 -name "$scheme*" | grep -q . || continue
     tar czf "$out/$scheme.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.pt.tmp' \
+        --exclude='report.html' --exclude='evidence' --exclude='plots' \
         "$runs"/"$scheme"* 2>>"$out/env.txt"
 done
+if [ -f "$runs/zhang2020/report.html" ]; then gzip -c "$runs/zhang2020/report.html" >"$out/zhang2020-report.html.gz"; fi
+(cd "$out" && tar czf logs.tgz ./*.log && rm -f ./*.log)
 ls -la "$out" >>"$out/env.txt"
