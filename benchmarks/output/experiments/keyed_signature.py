@@ -39,13 +39,24 @@ from pixmark.schemes.output import _gaussian_blur
 E = output.CHROMA  # two orthonormal chroma axes, orthogonal to grey
 
 
+#: Session 14: split each band's DoG into its positive and negative parts (two maps per band
+#: instead of luma-dependent gains; harmonics must be 0): twice the keyed dimensions from
+#: the same scales, still pointwise in the band-pass, so still isotropic and learnable.
+SPLIT = False
+
+
 def basis(b: Tensor, sigmas: tuple[float, ...], harmonics: int) -> Tensor:
-    """Basis maps [N, S, 2M+1, 2, 3, H, W] of images b [N, 3, H, W]."""
+    """Basis maps [N, S, 2M+1, 2, 3, H, W] of images b [N, 3, H, W] ([N, S, 2, 2, 3, H, W]
+    with ``SPLIT``)."""
     luma = b.mean(dim=1, keepdim=True)
     maps = []
     for s in sigmas:
         small, big = _gaussian_blur(luma, s / 2), _gaussian_blur(luma, s)
         dog = small - big
+        if SPLIT:
+            per_part = torch.stack([dog.clamp_min(0), dog.clamp_max(0)], dim=1)
+            maps.append(per_part[:, :, None] * E.view(1, 1, 2, 3, 1, 1))
+            continue
         gains = [torch.ones_like(big)]
         for i in range(1, harmonics + 1):
             gains += [math.sqrt(2) * torch.cos(2 * math.pi * i * big),
@@ -112,7 +123,12 @@ def main() -> None:
     p.add_argument("--harmonics", type=int, default=4)
     p.add_argument("--steps", default="300,600")
     p.add_argument("--skip-nulls", action="store_true")
+    p.add_argument("--split", action="store_true", help="DoG+ and DoG- per band (harmonics 0)")
     args = p.parse_args()
+    global SPLIT
+    SPLIT = args.split
+    if args.split and args.harmonics != 0:
+        p.error("--split needs --harmonics 0")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +141,8 @@ def main() -> None:
     queries = data.fixed_pairs([im for _, im in splits["val"]], spec, 64, 32, seed=7)[0]
     key = output.keygen("ACME Imaging", secret="5" * 64)
     gen = key.generator("signature-coef")
-    coef = torch.randn(len(sigmas), 2 * args.harmonics + 1, 2, generator=gen)
+    parts = 2 if args.split else 2 * args.harmonics + 1
+    coef = torch.randn(len(sigmas), parts, 2, generator=gen)
     coef = coef / coef.norm()
     signed = Signed(target, coef, sigmas, args.harmonics, 1.0)
     with torch.no_grad():
@@ -165,6 +182,7 @@ def main() -> None:
     report("plain_unet_300", surrogate(signed, "unet", 300, False, 9))
     report("clean_aug_unet_600", surrogate(target, "unet", 600, True, 6))
     tag = f"psnr{args.psnr:g}-s{args.sigmas.replace(',', '_')}-m{args.harmonics}"
+    tag += "-split" if args.split else ""
     result = {"args": vars(args), "rows": rows, "seconds": round(time.time() - t0)}
     (out / f"keyed-signature-{tag}.json").write_text(json.dumps(result, indent=1))
 
