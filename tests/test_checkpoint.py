@@ -135,7 +135,9 @@ def test_chain_and_twice_watermarked_round_trip(tmp_path: Path) -> None:
     def embedder() -> torch.nn.Module:
         return nets.create("unet", channels=3, in_channels=6, width=4, depth=2, out="residual")
 
-    signature = Signature(torch.tensor([[0.8, -0.6, -0.2], [0.1, 0.2, -0.3]]), (2.0, 4.0), 0.05)
+    signature = Signature(
+        torch.tensor([[0.8, -0.6, -0.2], [0.1, 0.2, -0.3]]), (2.0, 4.0), 0.05, split=False
+    )
     once = Watermarked(_model(), embedder(), torch.rand(1, 3, 16, 16), signature)
     twice = Watermarked(once, embedder(), torch.rand(1, 3, 16, 16)).eval()
     path = save_model(twice, tmp_path / "twice.safetensors")

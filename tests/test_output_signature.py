@@ -27,7 +27,7 @@ def test_signature_commutes_with_the_thiefs_augmentations() -> None:
     key = output.keygen("ACME Imaging", secret=SECRET)
     sig = output.Signature(output.signature_direction(key), amp=0.02)
     direction = sig.direction.flatten(1)  # one chroma vector per band, no grey component
-    assert len(direction) == len(output.SIGNATURE_SIGMAS)
+    assert len(direction) == output.signature_maps()
     assert float(direction.sum(dim=1).abs().max()) < 1e-5
     assert abs(float(direction.norm()) - 1) < 1e-5
     spec, channels, splits = api.task_splits("derain")
@@ -49,8 +49,9 @@ def test_signature_commutes_with_the_thiefs_augmentations() -> None:
     c_up = F.interpolate(c, scale_factor=1.25, mode="bilinear", align_corners=False)
     assert abs(float(F.cosine_similarity(c_up.flatten(), output.carrier(key, 3, 120).flatten(),
                                          dim=0))) < 0.2  # fmt: skip
-    # A model that adds it is detected by the statistic; one that blurs is not.
-    assert float(output.pooled_rho(sig(b), b, sig)) > 0.99
+    # A model that adds it is detected by the statistic; one that blurs is not. (The
+    # statistic's detector is the template without its local mean: a copy scores ~0.8.)
+    assert float(output.pooled_rho(sig(b), b, sig)) > 0.7
     blurred = F.avg_pool2d(F.pad(b, [1] * 4, mode="replicate"), 3, stride=1)
     assert abs(float(output.pooled_rho(blurred, b, sig))) < 0.1
 
@@ -59,10 +60,12 @@ def test_augmented_surrogate_carries_the_signature(output_protected):
     """Beyond the paper: a thief who rotates, flips and crops-and-resizes every stolen
     pair averages H's 2 x 2 carrier away (the logo test finds nothing, as Zhang et al.,
     TPAMI 2024 report) but learns the content signature: far above every null model, and
-    pointing at the owner's key (top 1 % of 99,999 random keys). At this budget it does not
-    point closely enough for the exact owner test at alpha / 2, so the decision stays "no
-    match" (session 13, measured on this fixture: 4 of 4 such thieves at key p 3.6e-3 to
-    5.7e-3, docs/schemes/output.md); the numbers are in the verdict as evidence."""
+    pointing at the owner's key (top 1 % of 99,999 random keys). On this small fixture
+    (a width-8 target) it does not point closely enough for the exact owner test at
+    alpha / 2, so the decision stays "no match" (session 14's split signature, measured on
+    this fixture: 5 of 5 such thieves at key p 2e-3 to 8e-3, fit cos 0.88-0.93; on the
+    bench's width-16 target the 600- and 900-step ones match, docs/schemes/output.md);
+    the numbers are in the verdict as evidence."""
     target, protected = output_protected
     spec, channels, splits = api.task_splits("derain")
     inputs = data.PairSampler([im for _, im in splits["train"]], spec, 64, channels, seed=778)
@@ -78,7 +81,7 @@ def test_augmented_surrogate_carries_the_signature(output_protected):
     assert verdict.details["logo_p_value"] == 1.0  # the logo is averaged away
     assert verdict.details["signature_null_p"] < 1e-6, sig  # signed, unlike any null model
     assert verdict.details["signature_key_p"] <= 0.01, sig  # with (nearly) this owner's key
-    assert verdict.details["signature_fit_cos"] > 0.9, sig
+    assert verdict.details["signature_fit_cos"] > 0.85, sig
     verdict = output.verify(as_query(clean), protected.key)
     assert verdict.decision == "no match", verdict.summary()
     assert not verdict.details["signature_match"]
@@ -112,8 +115,9 @@ def test_signature_key_test_is_exact_between_owners() -> None:
     suspect = signed(b) + 0.02 * noise  # a copy of the signed model, with an error of its own
     test = output.signature_key_test
     own = test(suspect, b, signed, n_random=999)
-    assert own["key_p"] <= 0.005 and own["fit_cos"] > 0.95, own  # 4 coefficients: a few
-    # random keys in a thousand point as close to a copy as the signer's own
+    # a noisy copy: its noise spreads over the 8 coefficients (fit cos 0.81), yet only a
+    # random key or two in a thousand point as close to it as the signer's own
+    assert own["key_p"] <= 0.005 and own["fit_cos"] > 0.75, own
     p = torch.tensor([
         test(suspect, b, output.Signature(output.signature_direction(output.keygen(
             f"owner {i}", secret=f"{i:064x}"))), n_random=999)["key_p"]

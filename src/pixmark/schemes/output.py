@@ -279,6 +279,11 @@ class Extractor(nn.Module):
 #: Band-pass scales of the content signature in px: one band per σ, the difference of
 #: Gaussians at σ/2 and σ. Keys protected before session 13 have the one band σ = 3.
 SIGNATURE_SIGMAS = (1.5, 3.0)
+#: Split each band into its positive and negative parts, each carried on its own chroma
+#: vector (session 14): 8 key coefficients instead of 4 from the same two scales, which
+#: the exact owner test needs (with 4, even a fit cos of 0.99 ranks the key only in the top
+#: ~6e-4 of random keys). Keys protected before session 14 are unsplit.
+SIGNATURE_SPLIT = True
 #: Random keys the signature's exact test ranks the owner's key among (p ≥ 1 / (n + 1)).
 SIGNATURE_RANDOM_KEYS = 99_999
 
@@ -302,18 +307,26 @@ def _band_pass(x: Tensor, sigma: float) -> Tensor:
     return _gaussian_blur(x, sigma / 2) - _gaussian_blur(x, sigma)
 
 
-def random_signature_coefficients(count: int, bands: int, generator: torch.Generator) -> Tensor:
-    """``count`` signature keys as unit vectors of 2·``bands`` chroma coefficients,
-    uniform on the sphere: [count, bands, 2]. Owners' keys and the exact test's random
+def signature_maps(
+    sigmas: Sequence[float] = SIGNATURE_SIGMAS, split: bool = SIGNATURE_SPLIT
+) -> int:
+    """How many band-pass maps a signature weighs: one per band, two when split."""
+    return len(sigmas) * (2 if split else 1)
+
+
+def random_signature_coefficients(count: int, maps: int, generator: torch.Generator) -> Tensor:
+    """``count`` signature keys as unit vectors of 2·``maps`` chroma coefficients,
+    uniform on the sphere: [count, maps, 2]. Owners' keys and the exact test's random
     keys are drawn alike, which is what makes that test exact."""
-    v = torch.randn(count, bands * 2, generator=generator, dtype=torch.float64)
-    return (v / v.norm(dim=1, keepdim=True)).float().view(count, bands, 2)
+    v = torch.randn(count, maps * 2, generator=generator, dtype=torch.float64)
+    return (v / v.norm(dim=1, keepdim=True)).float().view(count, maps, 2)
 
 
-def signature_direction(key: Key, bands: int = len(SIGNATURE_SIGMAS)) -> Tensor:
-    """The key's chroma vector for each band, [bands, 3] (RGB, orthogonal to grey; the
-    whole [bands, 3] has unit norm)."""
-    coef = random_signature_coefficients(1, bands, key.generator("signature"))[0]
+def signature_direction(key: Key, maps: int | None = None) -> Tensor:
+    """The key's chroma vector for each band-pass map, [maps, 3] (RGB, orthogonal to grey;
+    the whole [maps, 3] has unit norm). ``maps`` defaults to :func:`signature_maps`."""
+    maps = signature_maps() if maps is None else maps
+    coef = random_signature_coefficients(1, maps, key.generator("signature"))[0]
     return coef @ CHROMA
 
 
@@ -322,43 +335,69 @@ class Signature(nn.Module):
 
     ``template(B) = Σ_b c_b · DoG_σb(luma(B))``: the image's own band-pass luminance
     structure at each scale σ_b (difference of Gaussians at σ_b/2 and σ_b) carried on the
-    key's chroma vector c_b for that band (RGB, orthogonal to grey). The deployed model
+    key's chroma vector c_b for that band (RGB, orthogonal to grey). With ``split`` each
+    band is two maps, its positive and negative parts, each with its own chroma vector:
+    ``c_b⁺ · max(DoG, 0) + c_b⁻ · min(DoG, 0)``, still isotropic. The null-model test
+    correlates with :meth:`detector`, the template without its local mean. The deployed model
     adds ``amp · template(B)`` to its output. Unlike H's 2 × 2 carrier, which is locked to
     pixel parity, it is a function of the content with isotropic kernels: it commutes with
     rotation, flip and shift and barely changes under resizing, so a thief's rotated,
     flipped and cropped-and-resized pairs are still pairs of the same function and the
     surrogate learns it (docs/schemes/output.md, sessions 8 and 13). The 2 × bands chroma
     coefficients are the key: :func:`signature_key_test` ranks them among random keys.
-    ``direction`` [bands, 3] (or [3] for one band); images [N, 3, H, W] in [0, 1].
+    ``direction`` [maps, 3] (or [3] for one map); images [N, 3, H, W] in [0, 1].
     """
 
     def __init__(self, direction: Tensor, sigmas: Sequence[float] = SIGNATURE_SIGMAS,
-                 amp: float = 1.0) -> None:  # fmt: skip
+                 amp: float = 1.0, split: bool = SIGNATURE_SPLIT) -> None:  # fmt: skip
         super().__init__()
         direction = direction.detach().float().reshape(-1, 3)
-        if len(direction) != len(sigmas):
-            raise PixmarkError(f"a signature needs one chroma vector per band: got "
-                               f"{len(direction)} for {len(sigmas)} bands")  # fmt: skip
-        self.config = {"sigmas": [float(s) for s in sigmas], "amp": float(amp)}
+        maps = signature_maps(sigmas, split)
+        if len(direction) != maps:
+            raise PixmarkError(f"a signature needs one chroma vector per band-pass map: got "
+                               f"{len(direction)} for {maps} maps")  # fmt: skip
+        self.config = {"sigmas": [float(s) for s in sigmas], "amp": float(amp), "split": split}
         self.register_buffer("direction", direction.reshape(-1, 3, 1, 1).clone())
 
     @classmethod
     def from_config(cls, config: dict[str, Any], direction: Tensor | None = None) -> Signature:
-        """Rebuild from a saved ``config`` ({"sigmas", "amp"}; one band {"sigma", "amp"}
-        before session 13). Without ``direction`` its buffer is zeros, to load weights into."""
+        """Rebuild from a saved ``config`` ({"sigmas", "amp", "split"}; unsplit before
+        session 14; one band {"sigma", "amp"} before session 13). Without ``direction`` its
+        buffer is zeros, to load weights into."""
         sigmas = config.get("sigmas") or [config["sigma"]]
+        split = bool(config.get("split", False))
         if direction is None:
-            direction = torch.zeros(len(sigmas), 3)
-        return cls(direction, sigmas, config["amp"])
+            direction = torch.zeros(signature_maps(sigmas, split), 3)
+        return cls(direction, sigmas, config["amp"], split)
 
     def bands(self, b: Tensor) -> Tensor:
-        """The band-pass luma of images ``b`` at each scale: [N, bands, 1, H, W]."""
+        """The band-pass luma maps of images ``b``: [N, maps, 1, H, W] (per scale its
+        band-pass, or with ``split`` its positive and then its negative part)."""
         luma = b.mean(dim=1, keepdim=True)
-        return torch.stack([_band_pass(luma, s) for s in self.config["sigmas"]], dim=1)
+        maps = []
+        for sigma in self.config["sigmas"]:
+            band = _band_pass(luma, sigma)
+            maps += [band.clamp_min(0), band.clamp_max(0)] if self.config["split"] else [band]
+        return torch.stack(maps, dim=1)
 
     def template(self, b: Tensor) -> Tensor:
         """The unit-amplitude signature of images ``b``: [N, 3, H, W]."""
         return (self.direction.to(b.dtype)[None] * self.bands(b)).sum(dim=1)
+
+    def detector(self, b: Tensor) -> Tensor:
+        """What the correlation tests (:func:`signature_rho`) compare a deviation with: the
+        template minus its Gaussian blur at twice each band's σ. Split parts are not
+        zero-mean (|DoG| is positive on texture), so the template carries a local colour
+        cast that innocent models share; without it their correlations spread 4.6 times
+        less (99 null models, session 14). An unsplit template is band-pass already and
+        is its own detector (keys before session 14 read as they did)."""
+        if not self.config["split"]:
+            return self.template(b)
+        per_map = self.direction.to(b.dtype)[None] * self.bands(b)  # [N, maps, 3, H, W]
+        sigmas = [s for s in self.config["sigmas"] for _ in range(2)]
+        return sum(
+            m - _gaussian_blur(m, 2 * s) for m, s in zip(per_map.unbind(1), sigmas, strict=True)
+        )
 
     def basis(self, b: Tensor) -> Tensor:
         """The maps a key's coefficients weigh, band × chroma axis: [N, bands, 2, 3, H, W]."""
@@ -366,16 +405,21 @@ class Signature(nn.Module):
         return self.bands(b)[:, :, None] * axes
 
     def coefficients(self) -> Tensor:
-        """The key's chroma coefficients, [bands, 2] (its direction on ``CHROMA``)."""
+        """The key's chroma coefficients, [maps, 2] (its direction on ``CHROMA``)."""
         return self.direction.flatten(1) @ CHROMA.to(self.direction.device).T
 
     def component(self, d: Tensor) -> Tensor:
-        """The part of a deviation ``d`` [N, 3, H, W] that the statistic sees: in each band,
-        its band-pass along that band's chroma vector (for evidence images)."""
+        """The part of a deviation ``d`` [N, 3, H, W] that the statistic sees, for evidence
+        images: in each band, its band-pass along that band's chroma vector (split bands:
+        in the plane of their two vectors, i.e. all of the band's chroma)."""
         out = torch.zeros_like(d)
-        for c, sigma in zip(self.direction.to(d.dtype), self.config["sigmas"], strict=True):
-            c = c[None] / c.norm().clamp_min(1e-12)
-            out = out + c * (c * _band_pass(d, sigma)).sum(dim=1, keepdim=True)
+        per_band = self.direction.to(d.dtype).flatten(1).view(len(self.config["sigmas"]), -1, 3)
+        for vectors, sigma in zip(per_band, self.config["sigmas"], strict=True):
+            axes = torch.linalg.qr(vectors.T).Q.T  # orthonormal rows spanning the vectors
+            band = _band_pass(d, sigma)
+            for c in axes:
+                c = c[None, :, None, None]
+                out = out + c * (c * band).sum(dim=1, keepdim=True)
         return out
 
     def forward(self, b: Tensor) -> Tensor:
@@ -401,16 +445,16 @@ def signature_key_test(outputs: Tensor, unmarked: Tensor, signature: Signature,
     u = unmarked.float()
     maps = signature.basis(u).permute(1, 2, 0, 3, 4, 5).flatten(2).flatten(0, 1).double()
     d = (outputs.float() - u).flatten().double()
-    g, gram = maps @ d, maps @ maps.T  # [K], [K, K]: K = 2 x bands
+    g, gram = maps @ d, maps @ maps.T  # [K], [K, K]: K = 2 x maps
 
     def score(c: Tensor) -> Tensor:  # keys [k, K] -> correlations [k]
         norms = ((c @ gram) * c).sum(-1).clamp_min(1e-30).sqrt() * d.norm().clamp_min(1e-30)
         return (c @ g) / norms
 
-    bands = len(signature.config["sigmas"])
+    maps = len(signature.direction)
     own = float(score(signature.coefficients().flatten().double()[None])[0])
     gen = torch.Generator().manual_seed(20261204)
-    others = score(random_signature_coefficients(n_random, bands, gen).flatten(1).double())
+    others = score(random_signature_coefficients(n_random, maps, gen).flatten(1).double())
     p = (1 + int((others >= own).sum())) / (n_random + 1)
     best = torch.linalg.lstsq(gram, g[:, None]).solution.T  # the suspect's own coefficients
     best_rho = float(score(best)[0]) if float(best.abs().sum()) > 0 else 0.0
@@ -420,13 +464,14 @@ def signature_key_test(outputs: Tensor, unmarked: Tensor, signature: Signature,
 
 def signature_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> Tensor:
     """Per-image correlation of a suspect's deviation from the owner's unmarked outputs
-    with the signature template, in [-1, 1]: ``<S - B, t(B)> / (|S - B| |t(B)|)``.
+    with the signature's detector (:meth:`Signature.detector`, the template without its
+    local mean), in [-1, 1]: ``<S - B, t(B)> / (|S - B| |t(B)|)``.
 
     ``outputs`` (the suspect's answers) and ``unmarked`` (B = M(queries)) are
     [N, 3, H, W] in [0, 1]; an output equal to B scores 0.
     """
     d = (outputs.float() - unmarked.float()).flatten(1)
-    t = signature.template(unmarked.float()).flatten(1)
+    t = signature.detector(unmarked.float()).flatten(1)
     denom = d.norm(dim=1) * t.norm(dim=1)
     zero = torch.zeros((), device=d.device)
     return torch.where(denom > 0, (d * t).sum(1) / denom.clamp_min(1e-12), zero)
@@ -435,7 +480,7 @@ def signature_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> Te
 def pooled_rho(outputs: Tensor, unmarked: Tensor, signature: Signature) -> float:
     """:func:`signature_rho` over all images at once (one number per suspect)."""
     d = (outputs.float() - unmarked.float()).flatten()
-    t = signature.template(unmarked.float()).flatten()
+    t = signature.detector(unmarked.float()).flatten()
     denom = float(d.norm() * t.norm())
     return float((d @ t) / denom) if denom > 0 else 0.0
 
@@ -1215,6 +1260,7 @@ def _signature_test(key: Key, outputs: Tensor, null_outputs: list[Tensor],
         "signature_null_p": parts["null_p"],
         "signature_fit_cos": parts["fit_cos"],
         "signature_bands": len(signature.config["sigmas"]),
+        "signature_split": bool(signature.config.get("split", False)),
         "signature_null_mean": round(sum(null_rho) / len(null_rho), 4),
         "signature_null_max": round(max(null_rho), 4),
         "signature_null_source": source,
