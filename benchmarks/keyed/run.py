@@ -92,7 +92,7 @@ def train_host(
         arch_kwargs=kwargs,
         device=device,
         progress=False,
-    ).model.cpu()
+    ).model
 
 
 def colour_logo(path: Path, owner: str) -> Path:

@@ -94,7 +94,7 @@ def train_host(
         device=device,
         progress=False,
         **HOSTS[arch],
-    ).model.cpu()
+    ).model
 
 
 def dncnn(seed: int, steps: int) -> nn.Module:

@@ -162,7 +162,7 @@ def train_model(
 @torch.no_grad()
 def apply_model(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Run ``model`` on [N, C, H, W] images in [0, 1] in batches; outputs clamped to [0, 1]."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     outs = [
         model(images[i : i + batch_size].to(device)).float().clamp(0, 1).cpu()
         for i in range(0, len(images), batch_size)
@@ -476,7 +476,6 @@ def _removal_attack(
     model gives ``Chain(model, stage)``; a black box gives the cleaned Query.
     """
     from pixmark.attacks import removal
-    from pixmark.checkpoint import Chain
 
     if task is None:
         raise PixmarkError(f"the {kind} attack needs --task (what the suspect does)")
@@ -505,8 +504,7 @@ def _removal_attack(
         attacked = _call(kind, removal.removal_network, query, clean, inputs=degraded, **options)
     if victim is None:
         return attacked
-    # the cleaning stage comes back on the CPU: run it where the victim runs
-    return Chain(victim, attacked.stage.to(model_device(victim))).eval()
+    return attacked.behind(victim)
 
 
 def steal_pairs(

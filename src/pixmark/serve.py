@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from pixmark.checkpoint import model_channels
 from pixmark.errors import PixmarkError
 from pixmark.remote import ImageDecodeError, decode_image, encode_png
+from pixmark.schemes.base import model_device
 
 log = logging.getLogger("pixmark.serve")
 
@@ -130,7 +131,7 @@ class Batcher:
     batch_sizes: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self.device = model_device(self.model)
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task[None] | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None

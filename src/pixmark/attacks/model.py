@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from pixmark.attacks import removal
 from pixmark.errors import PixmarkError
-from pixmark.schemes.base import Protected, check_profile, model_device
+from pixmark.schemes.base import Protected, check_profile
 from pixmark.train import Device, fit
 
 PRUNABLE: tuple[type[nn.Module], ...] = (
@@ -466,8 +466,6 @@ def apply_model_attack(name: str, model: nn.Module, strength: Any, **options: An
         profile = "quick" if strength is None else strength
         return overwrite(model, options.pop("scheme"), profile=profile, **options)
     if name in removal.REMOVAL_ATTACKS:
-        from pixmark.checkpoint import Chain
-
         _check_model(name, model)
         if "images" not in options:
             raise PixmarkError(f"model attack {name!r} needs images= (the attacker's own images).")
@@ -475,8 +473,7 @@ def apply_model_attack(name: str, model: nn.Module, strength: Any, **options: An
         attacked = removal.REMOVAL_ATTACKS[name](
             victim, options.pop("images"), strength=strength, **options
         )
-        # the cleaning stage comes back on the CPU: run it where the victim runs
-        return Chain(victim, attacked.stage.to(model_device(victim))).eval()
+        return attacked.behind(victim)
     return MODEL_ATTACKS[name](model, strength, **options)
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from pixmark.attacks.image import _blur, _check_images
 from pixmark.errors import PixmarkError
-from pixmark.schemes.base import Query, as_query
+from pixmark.schemes.base import Query, as_query, model_device
 from pixmark.train import Device, fit
 
 SMOOTHERS = ("blur", "median")
@@ -62,6 +62,13 @@ class PostProcessed:
 
     def __call__(self, images: Tensor) -> Tensor:
         return self._stage(self.query(images).float().clamp(0, 1))
+
+    def behind(self, victim: nn.Module) -> nn.Module:
+        """``victim`` followed by this stage, as one model (what ``pixmark attack`` saves);
+        the stage, trained on the CPU, is moved to where the victim runs."""
+        from pixmark.checkpoint import Chain
+
+        return Chain(victim, self.stage.to(model_device(victim))).eval()
 
     def __repr__(self) -> str:
         return f"PostProcessed({self.name})"

@@ -13,6 +13,7 @@ URL all become a ``Query`` (:func:`as_query`), so black-box verification is the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,11 +116,13 @@ def independent_models(
     return models
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module, default: torch.device | None = None) -> torch.device:
     """Where ``model`` runs: its first parameter's device, else its first buffer's (a
-    parameter-free stage such as ``SubtractPattern``), else the CPU."""
-    first = next(iter([*model.parameters(), *model.buffers()]), None)
-    return first.device if first is not None else torch.device("cpu")
+    parameter-free stage such as ``SubtractPattern``), else ``default`` (the CPU)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is not None:
+        return first.device
+    return default if default is not None else torch.device("cpu")
 
 
 def as_query(model: nn.Module, batch_size: int = 8, name: str = "suspect") -> Query:

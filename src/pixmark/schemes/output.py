@@ -56,6 +56,7 @@ from pixmark.schemes.base import (
     as_query,
     check_profile,
     independent_models,
+    model_device,
 )
 from pixmark.stats import Verdict, decide, pooled_success_test
 from pixmark.train import Device, run, seed_everything
@@ -721,7 +722,7 @@ def _ckpt(checkpoint: str | os.PathLike[str] | None, stage: str) -> Path | None:
 def _apply(model: nn.Module, x: Tensor, dev: torch.device, batch: int = 16) -> Tensor:
     """``model`` on ``x`` in batches, outputs on the CPU. Runs where the model's weights
     are (``dev`` only for a model without any): surrogates come back on the CPU."""
-    dev = next((p.device for p in model.parameters()), dev)
+    dev = model_device(model, default=dev)
     outs = [model(x[i : i + batch].to(dev)).float().clamp(0, 1).cpu() for i in
             range(0, len(x), batch)]  # fmt: skip
     return torch.cat(outs)
