@@ -66,7 +66,8 @@ def protected(host, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unmarked(host, protected):
-    """The same host fine-tuned as long on the same data and loss, without the watermark."""
+    """The same host fine-tuned as long (main + polish steps) on the same data and loss,
+    without the watermark."""
     prof = keyed.PROFILES["quick"]
     spec, channels, splits = task_splits(TASK, 1)
     sampler = pdata.PairSampler(
@@ -80,7 +81,7 @@ def unmarked(host, protected):
     fit(
         model,
         sampler,
-        steps=prof["steps"],
+        steps=prof["steps"] + prof["polish_steps"],
         batch_size=prof["batch_size"],
         lr=prof["lr_g"],
         loss="l1",
@@ -251,16 +252,16 @@ def test_keys_with_flipped_bits_extract_nothing(protected):
 
 
 @pytest.mark.slow
-def test_watermark_costs_at_most_0_6_db(protected, unmarked):
-    """The issue asks for at most 0.5 dB. At the quick budget the cost sits at that bound,
-    not under it: 0.48 dB for this secret on the 2-core dev machine, 0.56-0.57 dB for two
-    others (docs/schemes/keyed.md, session 6). This asserts the bound all three meet; it
-    was an xfail(strict=False) on 0.5 dB until session 12, a test that could not fail."""
+def test_watermark_costs_at_most_0_5_db(protected, unmarked):
+    """The issue's bound: at most 0.5 dB against the same host fine-tuned without the mark.
+    Since session 16 the quick profile ends with a 40-step polish (E frozen, tighter tie to
+    the shadow): 0.39 / 0.40 / 0.47 dB on three secrets, 0.45-0.57 dB without it
+    (docs/schemes/keyed.md). Until then this asserted 0.6 dB."""
     spec, channels, splits = task_splits(TASK, 1)
     test = pdata.fixed_pairs([img for _, img in splits["test"]], spec, 64, 16, seed=2, channels=1)
     marked = float(psnr(as_query(protected.model)(test[0]), test[1]))
     clean = float(psnr(as_query(unmarked)(test[0]), test[1]))
-    assert marked >= clean - 0.6, (marked, clean)
+    assert marked >= clean - 0.5, (marked, clean)
     assert type(protected.model) is type(unmarked)
 
 

@@ -120,6 +120,11 @@ NEG_WEIGHT, THETA_HOST, FIDELITY = 4.0, 4.0, 200.0
 #: Measured on the tests' U-Net denoiser, three secrets (docs/schemes/keyed.md, session 6):
 #: ending at 3000 cost 0.72 dB, at 10000 0.48-0.57 dB; at 30000 the mark did not hold.
 FIDELITY_END = 10000.0
+#: Fidelity weight of the polish phase (``polish_steps`` after the joint training, E
+#: frozen, host rate ``polish_lr`` x ``lr_g``; off while ``polish_steps`` is 0). Measured
+#: (docs/schemes/keyed.md, session 16): quick + 40 steps at 12000, rate 0.1 costs
+#: 0.39-0.47 dB on three secrets (0.45-0.57 without); 100 steps at 30000 lost the mark.
+POLISH_FIDELITY = 12000.0
 #: Weight of the gate's own loss: binary cross-entropy of E's gate logit, 1 for the host's
 #: outputs and 0 for the negatives. It gives the gate (and through it the host) a direct
 #: signal from the first step instead of only through E's watermark output.
@@ -159,6 +164,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_count": 16,
         "independent": {"steps": 100, "width": 8, "size": 40},
         "fidelity_end": FIDELITY_END,
+        "polish_steps": 40,
+        "polish_fidelity": POLISH_FIDELITY,
+        "polish_lr": 0.1,
     },
     # The quick recipe three times as long (~5 min per attempt on one CPU core): what SR and
     # deblurring hosts need (docs/schemes/keyed.md). The 128 px, wider setting it replaced
@@ -178,6 +186,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_count": 32,
         "independent": {"steps": 300, "width": 8, "size": 48},
         "fidelity_end": FIDELITY_END,
+        "polish_steps": 0,
+        "polish_fidelity": POLISH_FIDELITY,
+        "polish_lr": 0.2,
     },
     "paper": {
         "steps": 100_000,
@@ -194,6 +205,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_count": 64,
         "independent": {"steps": 3000, "width": 32, "size": 96},
         "fidelity_end": FIDELITY_END,
+        "polish_steps": 0,
+        "polish_fidelity": POLISH_FIDELITY,
+        "polish_lr": 0.2,
     },
 }
 
@@ -651,11 +665,17 @@ def protect(
             ],
             betas=prof["betas"],
         )
+        main, polish = prof["steps"], prof.get("polish_steps", 0)
+
+        def cosine(s: int) -> float:
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(main, 1), 1.0)))
+
+        def polish_rate(s: int) -> float:  # host and shadow: a fixed rate while polishing
+            return cosine(s) if s < main else prof.get("polish_lr", 0.2)
+
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda s: (
-                0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(prof["steps"], 1), 1.0)))
-            ),
+            [polish_rate, lambda s: cosine(s) if s < main else 0.0, polish_rate],
         )
         sampler = pdata.PairSampler(
             train_imgs, spec, size, channels, seed=_seed(key, "protect", attempt)
@@ -664,33 +684,41 @@ def protect(
         bs = prof["batch_size"]
         half = max(bs // 2, 1)
 
+        def hard_negatives(step: int, x: Tensor, y: Tensor, twin: Tensor) -> Tensor:
+            # 2 bs + bs // 2 negatives: half clean targets / degraded inputs, M0's outputs
+            # on the first half of the batch and S's on the second half, then:
+            with torch.no_grad(), dev.autocast():
+                before = frozen(x[:half]).float()
+            clean = torch.cat([torch.cat([y[::2], x[1::2]])[:half], before, twin[half:]])
+            # + "other models": S's outputs moved a random way towards the degraded input
+            # (what a weaker or differently trained model of the task answers) or with
+            # noise of a random level added, so that E keys on the mark, not on how much
+            # detail or noise an output has (without them, weak independent models verified).
+            clean = torch.cat([clean, _other_models(twin, x, rng.generator)])
+            # + the answers of one independent model of the task (cycled per step)
+            with torch.no_grad(), dev.autocast():
+                clean = torch.cat([clean, negatives[step % len(negatives)](x).float()])
+            return clean.clamp(0, 1)
+
         def step_fn(step: int) -> dict[str, float]:
+            # The last ``polish`` steps freeze E (its rate is 0) and tie the host to the
+            # shadow with ``polish_fidelity``: the host keeps only as much mark as E still
+            # reads with the key. Negatives carry no host gradient, so they are skipped there.
+            polishing = step >= main
             x, y = sampler.batch(bs)
             x, y = x.to(dev.torch), y.to(dev.torch)
             with dev.autocast():
                 out = host(x).float()
                 twin = shadow(x).float()
-                with torch.no_grad():
-                    before = frozen(x[:half]).float()
             l_t = (out - y).abs().mean()
             l_s = (twin - y).abs().mean()
             l_f = (out - twin.detach()).pow(2).mean()
             marked = out.clamp(0, 1)
-            # bs positives; 2 bs + bs // 2 negatives: half clean targets / degraded inputs,
-            # M0's outputs on the first half of the batch and S's on the second half, then:
-            clean = torch.cat([torch.cat([y[::2], x[1::2]])[:half], before, twin.detach()[half:]])
-            # + "other models": S's outputs moved a random way towards the degraded input
-            # (what a weaker or differently trained model of the task answers) or with
-            # noise of a random level added, so that E keys on the mark, not on how much
-            # detail or noise an output has (without them, weak independent models verified).
-            clean = torch.cat([clean, _other_models(twin.detach(), x, rng.generator)])
-            # + the answers of one independent model of the task (cycled per step)
-            with torch.no_grad(), dev.autocast():
-                clean = torch.cat([clean, negatives[step % len(negatives)](x).float()])
-            clean = clean.clamp(0, 1)
+            # bs positives, then the hard negatives
+            clean = marked[:0] if polishing else hard_negatives(step, x, y, twin.detach())
             if robust:
                 marked = distort(marked, rng.generator)
-                clean = distort(clean, rng.generator)
+                clean = distort(clean, rng.generator) if len(clean) else clean
             with dev.autocast():
                 feats = extractor.features(torch.cat([marked, clean]))
                 with_key = extractor.decode(feats, bits).float()
@@ -699,13 +727,16 @@ def protect(
                 # inside autocast: feats are bf16 on CUDA, the gate's weights float32
                 logits = extractor.gate_logit(feats).float()
             l1 = (with_key[:bs] - target).abs().mean()
-            l2 = with_key[bs:].pow(2).mean()
+            l2 = with_key[bs:].pow(2).mean() if len(clean) else with_key.new_zeros(())
             l3 = neg_key.pow(2).mean()
             l_w = ALPHA * l1 + NEG_WEIGHT * BETA * l2 + GAMMA * l3
             labels = torch.cat([torch.ones(bs), torch.zeros(len(clean))]).to(logits.device)
             l_w = l_w + GATE_WEIGHT * F.binary_cross_entropy_with_logits(logits, labels)
-            ramp = min(max((step / max(prof["steps"], 1) - 0.5) / 0.4, 0.0), 1.0)
-            fid = FIDELITY * (prof["fidelity_end"] / FIDELITY) ** ramp
+            if polishing:
+                fid = prof["polish_fidelity"]
+            else:
+                ramp = min(max((step / max(main, 1) - 0.5) / 0.4, 0.0), 1.0)
+                fid = FIDELITY * (prof["fidelity_end"] / FIDELITY) ** ramp
             loss = l_t + THETA_HOST * l_w + fid * l_f + l_s
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -729,7 +760,7 @@ def protect(
                 "rng": rng,
                 "shadow": shadow,
             },
-            prof["steps"],
+            main + polish,
             checkpoint=_attempt_path(checkpoint, attempt),
             resume=resume,
             checkpoint_every=50,
@@ -760,7 +791,7 @@ def protect(
             ),
             "ber_flipped8": _mean_ber(extractor, outputs, flip_bits(cpu_bits, 8, g), cpu_target),
             "psnr_unmarked": _psnr(shadow_q(test[0]), test[1]),
-            "steps": prof["steps"],
+            "steps": main + polish,
             "seconds": history.seconds,
         }
         return host, extractor, report
