@@ -124,7 +124,7 @@ FIDELITY_END = 10000.0
 #: frozen, host rate ``polish_lr`` x ``lr_g``; off while ``polish_steps`` is 0). Measured
 #: (docs/schemes/keyed.md, session 16): quick + 40 steps at 12000, rate 0.1 costs
 #: 0.39-0.47 dB on three secrets (0.45-0.57 without); 100 steps at 30000 lost the mark.
-POLISH_FIDELITY = 12000.0
+POLISH_FIDELITY, POLISH_LR = 12000.0, 0.1
 #: Weight of the gate's own loss: binary cross-entropy of E's gate logit, 1 for the host's
 #: outputs and 0 for the negatives. It gives the gate (and through it the host) a direct
 #: signal from the first step instead of only through E's watermark output.
@@ -145,7 +145,9 @@ QR_BORDER = 2
 #: Training budgets. ``size``: working crop side (a multiple of 64; E folds it onto the
 #: 64 x 64 grid with r = size / 64). ``lr_g``/``lr_e``: Adam rates of host and extractor
 #: (cosine decay to 5 %). ``queries``: verification images stored in the key.
-#: ``fidelity_end``: where the fidelity ramp ends (``FIDELITY_END``).
+#: ``fidelity_end``: where the fidelity ramp ends (``FIDELITY_END``). ``polish_steps``:
+#: steps after ``steps`` with E frozen, fidelity ``polish_fidelity`` and the host at
+#: ``polish_lr`` x ``lr_g`` (0 = none; measured only for ``quick``, so the others keep 0).
 #: ``paper``: 256 x 256, Adam (beta1 0.5, beta2 0.999) as in the paper (its printed rate
 #: 1e-8 cannot train anything; we use pix2pix's 2e-4), E_B with 48 channels.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -166,7 +168,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fidelity_end": FIDELITY_END,
         "polish_steps": 40,
         "polish_fidelity": POLISH_FIDELITY,
-        "polish_lr": 0.1,
+        "polish_lr": POLISH_LR,
     },
     # The quick recipe three times as long (~5 min per attempt on one CPU core): what SR and
     # deblurring hosts need (docs/schemes/keyed.md). The 128 px, wider setting it replaced
@@ -188,7 +190,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fidelity_end": FIDELITY_END,
         "polish_steps": 0,
         "polish_fidelity": POLISH_FIDELITY,
-        "polish_lr": 0.2,
+        "polish_lr": POLISH_LR,
     },
     "paper": {
         "steps": 100_000,
@@ -207,7 +209,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fidelity_end": FIDELITY_END,
         "polish_steps": 0,
         "polish_fidelity": POLISH_FIDELITY,
-        "polish_lr": 0.2,
+        "polish_lr": POLISH_LR,
     },
 }
 
@@ -665,13 +667,13 @@ def protect(
             ],
             betas=prof["betas"],
         )
-        main, polish = prof["steps"], prof.get("polish_steps", 0)
+        main, polish = prof["steps"], prof["polish_steps"]
 
         def cosine(s: int) -> float:
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(main, 1), 1.0)))
 
         def polish_rate(s: int) -> float:  # host and shadow: a fixed rate while polishing
-            return cosine(s) if s < main else prof.get("polish_lr", 0.2)
+            return cosine(s) if s < main else prof["polish_lr"]
 
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
