@@ -379,38 +379,71 @@ def test_image_attacks_reach_what_the_verifier_sees():
 
 
 def test_detection_at_fpr_needs_enough_nulls():
-    def row(level, statistic, decision="no match", i=0):
+    def row(level, evidence, decision="no match", i=0):
         return {
-            "scheme": "output",
-            "task": "derain",
+            "scheme": "trigger",  # a distance: smaller statistics are evidence
+            "task": "denoise",
             "level": level,
             "attack": level,
-            "statistic": statistic,
+            "statistic": 1.0 - evidence,
             "p_value": 0.5,
             "decision": decision,
             "cell_id": str(i),
         }
 
-    nulls = [row("null", i / 200, i=i) for i in range(120)]  # scores in [0, 0.6)
+    nulls = [row("null", i / 200, i=i) for i in range(120)]  # evidence in [0, 0.6)
     derived = [row("model", s, "match") for s in (0.9, 0.8, 0.59, 0.1)]
     (entry,) = detection_at_fpr(nulls + derived)
     assert entry["null scores"] == 120
-    assert entry["TPR @ FPR 0.01"] == "2/4 (50%)"  # threshold = 2nd-highest null score
+    assert entry["calibrated on"] == "statistic (smaller = evidence)"
+    assert entry["TPR @ FPR 0.01"] == "2/4 (50%)"  # threshold = 2nd-most extreme null
     assert entry["TPR @ FPR 0.001"].startswith("not certifiable: 120 null scores < 999")
     assert entry["TPR (scheme decision)"] == "4/4 (100%)"
     few = detection_at_fpr(nulls[:5] + derived)[0]
     assert few["TPR @ FPR 0.01"].startswith("not certifiable: 5 null scores < 99")
-    # A scheme where smaller statistics are evidence (trigger distance) is oriented.
-    flipped = [dict(r, scheme="trigger", statistic=-r["statistic"]) for r in nulls + derived]
-    assert detection_at_fpr(flipped)[0]["TPR @ FPR 0.01"] == "2/4 (50%)"
     # Random-key statistics of a null row count as null scores, oriented like its own.
-    pooled = [
-        dict(r, random_key_statistics=[-0.7 + k / 1000 for k in range(9)]) for r in flipped[:100]
-    ] + flipped[120:]
+    pooled = (
+        [dict(r, random_key_statistics=[0.3 + k / 1000 for k in range(9)]) for r in nulls[:100]]
+        + nulls[120:]
+        + derived
+    )
     (entry,) = detection_at_fpr(pooled)
     assert entry["null models"] == 100 and entry["null scores"] == 1000
-    # threshold = the highest of the 1000 (a random key's 0.7): 0.59 no longer passes
+    # threshold = the most extreme of the 1000 (a random key's d = 0.3): 0.59 fails
     assert entry["TPR @ FPR 0.001"] == "2/4 (50%)"
+
+
+def test_output_detection_at_fpr_is_calibrated_on_the_decision_p_value():
+    """The output scheme's decision combines logo NC and signature: calibrate on its p.
+
+    Null models of the target's architecture can score a high logo NC (0.94 in the
+    999-null run) while their combined p stays large; derived models whose logo NC is
+    gated to 0 can still carry a small combined p through the signature.
+    """
+
+    def row(level, nc, p, i):
+        return {
+            "scheme": "output",
+            "task": "derain",
+            "level": level,
+            "attack": level,
+            "statistic": nc,
+            "p_value": p,
+            "decision": "match" if p <= 1e-3 else "no match",
+            "cell_id": str(i),
+        }
+
+    nulls = [row("null", 0.94 if i < 3 else 0.0, 0.01 + i / 200, i) for i in range(120)]
+    derived = [
+        row("model", nc, p, 200 + i)
+        for i, (nc, p) in enumerate([(0.94, 1e-40), (0.0, 2e-5), (0.0, 0.005), (0.0, 0.2)])
+    ]
+    (entry,) = detection_at_fpr(nulls + derived)
+    assert entry["calibrated on"] == "decision p-value"
+    # threshold: the 2nd-smallest null p (0.015). On the logo NC no model would pass:
+    # the best one's 0.94 only ties the three UNet-like nulls.
+    assert entry["TPR @ FPR 0.01"] == "3/4 (75%)"
+    assert entry["TPR (scheme decision)"] == "2/4 (50%)"
 
 
 @pytest.mark.parametrize(
