@@ -125,10 +125,6 @@ FIDELITY_END = 10000.0
 #: (docs/schemes/keyed.md, session 16): quick + 40 steps at 12000, rate 0.1 costs
 #: 0.39-0.47 dB on three secrets (0.45-0.57 without); 100 steps at 30000 lost the mark.
 POLISH_FIDELITY, POLISH_LR = 12000.0, 0.1
-#: Extractor rate of the refine phase (``refine_steps`` after polishing: host and shadow
-#: frozen, E alone at ``refine_lr`` x ``lr_e`` on the final host's outputs and the usual
-#: negatives; it costs no fidelity, since the host no longer changes).
-REFINE_LR = 0.1
 #: Weight of the gate's own loss: binary cross-entropy of E's gate logit, 1 for the host's
 #: outputs and 0 for the negatives. It gives the gate (and through it the host) a direct
 #: signal from the first step instead of only through E's watermark output.
@@ -152,8 +148,6 @@ QR_BORDER = 2
 #: ``fidelity_end``: where the fidelity ramp ends (``FIDELITY_END``). ``polish_steps``:
 #: steps after ``steps`` with E frozen, fidelity ``polish_fidelity`` and the host at
 #: ``polish_lr`` x ``lr_g`` (0 = none; measured only for ``quick``, so the others keep 0).
-#: ``refine_steps``: steps after those with the host frozen and E at ``refine_lr`` x
-#: ``lr_e`` (0 = none).
 #: ``paper``: 256 x 256, Adam (beta1 0.5, beta2 0.999) as in the paper (its printed rate
 #: 1e-8 cannot train anything; we use pix2pix's 2e-4), E_B with 48 channels.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -175,8 +169,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "polish_steps": 40,
         "polish_fidelity": POLISH_FIDELITY,
         "polish_lr": POLISH_LR,
-        "refine_steps": 0,
-        "refine_lr": REFINE_LR,
     },
     # The quick recipe three times as long (~5 min per attempt on one CPU core): what SR and
     # deblurring hosts need (docs/schemes/keyed.md). The 128 px, wider setting it replaced
@@ -199,8 +191,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "polish_steps": 0,
         "polish_fidelity": POLISH_FIDELITY,
         "polish_lr": POLISH_LR,
-        "refine_steps": 0,
-        "refine_lr": REFINE_LR,
     },
     "paper": {
         "steps": 100_000,
@@ -220,8 +210,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "polish_steps": 0,
         "polish_fidelity": POLISH_FIDELITY,
         "polish_lr": POLISH_LR,
-        "refine_steps": 0,
-        "refine_lr": REFINE_LR,
     },
 }
 
@@ -679,23 +667,17 @@ def protect(
             ],
             betas=prof["betas"],
         )
-        main, polish, refine = prof["steps"], prof["polish_steps"], prof["refine_steps"]
+        main, polish = prof["steps"], prof["polish_steps"]
 
         def cosine(s: int) -> float:
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(main, 1), 1.0)))
 
-        def host_rate(s: int) -> float:  # host and shadow: fixed while polishing, then 0
-            if s < main:
-                return cosine(s)
-            return prof["polish_lr"] if s < main + polish else 0.0
-
-        def extractor_rate(s: int) -> float:  # E: frozen while polishing, fixed refining
-            if s < main:
-                return cosine(s)
-            return 0.0 if s < main + polish else prof["refine_lr"]
+        def polish_rate(s: int) -> float:  # host and shadow: a fixed rate while polishing
+            return cosine(s) if s < main else prof["polish_lr"]
 
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, [host_rate, extractor_rate, host_rate]
+            optimizer,
+            [polish_rate, lambda s: cosine(s) if s < main else 0.0, polish_rate],
         )
         sampler = pdata.PairSampler(
             train_imgs, spec, size, channels, seed=_seed(key, "protect", attempt)
@@ -721,18 +703,13 @@ def protect(
             return clean.clamp(0, 1)
 
         def step_fn(step: int) -> dict[str, float]:
-            # The ``polish`` steps after ``main`` freeze E (its rate is 0) and tie the host
-            # to the shadow with ``polish_fidelity``: the host keeps only as much mark as E
-            # still reads with the key. Negatives carry no host gradient, so they are
-            # skipped there. The ``refine`` steps after those freeze host and shadow and
-            # train E alone on the final host's outputs (with the negatives).
-            polishing = main <= step < main + polish
-            refining = step >= main + polish
-            if refining:  # frozen: batch norm keeps its statistics, E sees deployed outputs
-                host.eval(), shadow.eval()
+            # The last ``polish`` steps freeze E (its rate is 0) and tie the host to the
+            # shadow with ``polish_fidelity``: the host keeps only as much mark as E still
+            # reads with the key. Negatives carry no host gradient, so they are skipped there.
+            polishing = step >= main
             x, y = sampler.batch(bs)
             x, y = x.to(dev.torch), y.to(dev.torch)
-            with dev.autocast(), torch.set_grad_enabled(not refining):
+            with dev.autocast():
                 out = host(x).float()
                 twin = shadow(x).float()
             l_t = (out - y).abs().mean()
@@ -785,7 +762,7 @@ def protect(
                 "rng": rng,
                 "shadow": shadow,
             },
-            main + polish + refine,
+            main + polish,
             checkpoint=_attempt_path(checkpoint, attempt),
             resume=resume,
             checkpoint_every=50,
@@ -816,7 +793,7 @@ def protect(
             ),
             "ber_flipped8": _mean_ber(extractor, outputs, flip_bits(cpu_bits, 8, g), cpu_target),
             "psnr_unmarked": _psnr(shadow_q(test[0]), test[1]),
-            "steps": main + polish + refine,
+            "steps": main + polish,
             "seconds": history.seconds,
         }
         return host, extractor, report
