@@ -4,7 +4,7 @@ Both are made from ``results.jsonl`` alone (plus the PNGs the runner left under 
 output folder), so a report can be rebuilt at any time with :func:`write_bench_report`.
 
 Detection at a fixed false-positive rate: the null models' scores (rows with attack
-``null``) calibrate a threshold on each scheme's score (see :data:`CALIBRATED_ON`) with
+``null``) calibrate a threshold on each scheme's score (see :func:`calibrated_on`) with
 :func:`pixmark.stats.calibrate_threshold`; a threshold that certifies FPR f needs at
 least ``1/f - 1`` null scores (99 for 1e-2, 999 for 1e-3). With fewer, the report says
 so instead of printing a number, and gives the detection rate at the strictest level the
