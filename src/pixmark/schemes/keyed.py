@@ -139,9 +139,6 @@ INFORMATIVE = 0.5
 #: Significance level of the decision ("match" iff p <= ALPHA_DECISION).
 ALPHA_DECISION = 1e-3
 MIN_BITS, MAX_BITS = 256, 4096
-#: Range of the robustness training's Gaussian noise sigma ([0, 1] pixel units), drawn
-#: log-uniform (``distort``).
-NOISE_SIGMA = (0.005, 0.25)
 #: Margin (modules) of quiet zone drawn around the QR code inside the 64 x 64 square.
 QR_BORDER = 2
 
@@ -414,10 +411,8 @@ def distort(images: Tensor, generator: torch.Generator) -> Tensor:
 
     Each image gets one of: nothing; a crop that keeps a random square of side
     {128, 144, ..., 240}/256 of the image and sets the rest to 0 (the paper's crop);
-    Gaussian noise with sigma in (0, 0.25] of [0, 1] units (the paper's (0, 0.5] on its
-    [-1, 1] scale), drawn log-uniform on ``NOISE_SIGMA`` so that the levels a mark can
-    survive get as many draws as the levels that bury it; JPEG at quality ~ U{30..90} with
-    a straight-through gradient.
+    Gaussian noise with sigma ~ U(0, 0.25] in [0, 1] units (the paper's (0, 0.5] on its
+    [-1, 1] scale); JPEG at quality ~ U{30..90} with a straight-through gradient.
     """
     from pixmark.attacks.image import jpeg
 
@@ -435,8 +430,7 @@ def distort(images: Tensor, generator: torch.Generator) -> Tensor:
             mask[..., top : top + side, left : left + side] = 1
             x = x * mask
         elif kind == 2:
-            low, high = math.log(NOISE_SIGMA[0]), math.log(NOISE_SIGMA[1])
-            sigma = math.exp(low + (high - low) * float(torch.rand(1, generator=generator)))
+            sigma = float(1 - torch.rand(1, generator=generator)) * 0.25
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             x = (x + sigma * noise).clamp(0, 1)
         elif kind == 3:
