@@ -55,16 +55,44 @@ def _cli(args: list[str]) -> int:
 
 def test_verify_by_url_matches_the_served_protected_model(owner: dict[str, Path]) -> None:
     with running(owner["protected"]) as url:
-        verdict = api.verify(f"{url}/v1/process", owner["key"])
+        # the distance test alone here (rank_keys=0); the CLI call runs both tests
+        verdict = api.verify(f"{url}/v1/process", owner["key"], rank_keys=0)
         assert verdict.decision == "match", verdict.summary()
+        assert verdict.details["matched_by"] == ["distance"]
         assert _cli(["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]) == 0
 
 
 def test_verify_by_url_rejects_a_served_clean_model(owner: dict[str, Path]) -> None:
     with running(owner["clean"]) as url:
-        verdict = api.verify(f"{url}/v1/process", owner["key"])
+        verdict = api.verify(f"{url}/v1/process", owner["key"], rank_keys=0)
         assert verdict.decision == "no match", verdict.summary()
         assert _cli(["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]) == 1
+
+
+def test_rank_test_over_http_finds_a_fine_tuned_copy(
+    owner: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A thief fine-tunes the stolen model and serves it: the distance test loses the mark,
+    the rank test (999 random triggers, sent as 8-bit PNGs) still finds it; a request
+    budget too small for the rank test leaves the distance test alone, and says so."""
+    tuned = api.attack(
+        "fine_tune",
+        owner["protected"],
+        300,
+        task="denoise",
+        device="cpu",
+        out=owner["folder"] / "tuned.safetensors",
+    )
+    del tuned
+    with running(owner["folder"] / "tuned.safetensors") as url:
+        args = ["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]
+        assert _cli(args) == 0
+        printed = capsys.readouterr().out
+        assert "distance test failed" in printed and "rank test passed: p = 0.001" in printed
+        assert _cli([*args, "--max-requests", "100"]) == 1
+        assert "rank test not run: the request budget has" in capsys.readouterr().out
+        assert _cli([*args, "--rank-keys", "0"]) == 1
+        assert "rank test not run: rank_keys = 0" in capsys.readouterr().out
 
 
 def test_unreachable_url_is_a_clear_error(owner: dict[str, Path]) -> None:

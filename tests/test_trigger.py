@@ -256,20 +256,54 @@ def test_key_threshold_sits_between_other_keys_and_the_papers(protected, host, n
             assert not (d <= report["eta"] and ncc_ > key.params["match_ncc"])
     assert trigger.verify(as_query(null_host), key).decision == "no match"
     # Pruning a little more at a time: some strength keeps d <= eta and an NCC between the
-    # key's threshold and 0.95 (measured: 25 % -> 0.947 vs 0.911), so the verdict is
-    # "match" where the paper's rule says "no match".
+    # key's threshold and 0.95 (measured: 25 % -> 0.947 vs 0.911), so the distance test
+    # says "match" where the paper's rule says "no match".
     gained = []
     for amount in (0.2, 0.225, 0.25, 0.275, 0.3):
-        verdict = trigger.verify(as_query(api.attack("prune", protected.model, amount)), key)
-        assert verdict.decision == (
-            "match"
-            if verdict.details["d"] <= verdict.threshold
+        pruned = as_query(api.attack("prune", protected.model, amount))
+        verdict = trigger.verify(pruned, key, rank_keys=0)
+        distance_test = (
+            verdict.details["d"] <= verdict.threshold
             and verdict.details["ncc"] > key.params["match_ncc"]
-            else "no match"
         )
+        assert verdict.details["matched_by"] == (["distance"] if distance_test else [])
+        assert verdict.decision == ("match" if distance_test else "no match")
         if verdict.decision == "match" and verdict.details["paper_decision"] == "no match":
             gained.append(amount)
     assert gained, "no pruning strength between the key's threshold and the paper's"
+
+
+@pytest.mark.slow
+def test_rank_test_finds_the_mark_the_distance_test_loses(protected, host, null_host, tmp_path):
+    """Clean fine-tuning pulls the response's NCC under the key's threshold, but the
+    suspect still answers K more like G(K) than any of 999 random triggers; models made
+    without the key rank K like any other draw."""
+    from pixmark import api
+
+    key = protected.key
+    tuned = api.attack("fine_tune", protected.model, 100, task="denoise", device="cpu")
+    verdict = trigger.verify(as_query(tuned), key, evidence_dir=tmp_path)
+    d = verdict.details
+    assert d["ncc"] < d["ncc_threshold"]  # the distance test alone loses it ...
+    assert d["matched_by"] == ["rank"] and verdict.decision == "match"  # ... the rank test not
+    assert d["rank_p"] == pytest.approx(1 / 1000) and d["rank_score"] > d["rank_max"]
+    assert d["rank_keys"] == 999 and d["rank_z"] > 4
+    assert (tmp_path / "trigger_rank.png").stat().st_size > 1000
+    for model in (host, null_host):
+        d = trigger.verify(as_query(model), key).details
+        assert d["matched_by"] == [] and d["rank_p"] > 0.01
+    # Exactness: over many keys (other owners) on an innocent model, the rank p-values
+    # are uniform, so p <= 0.1 happens about a tenth of the time.
+    query, ps = as_query(null_host), []
+    for i in range(60):
+        other = trigger.keygen(f"owner {i}", secret=SECRET)
+        k = other.tensor("trigger")
+        s0 = trigger.designed(k, "denoise")
+        other = other.with_updates({"protected": True}, {"response": s0})
+        ps.append(trigger.rank_test(query, other, query(k), count=99)["rank_p"])
+    assert 1 <= sum(p <= 0.1 for p in ps) <= 14  # binomial(60, 0.1): 99.8 % interval
+    with pytest.raises(PixmarkError, match="rank_keys"):
+        trigger.verify(as_query(host), key, rank_keys=-1)
 
 
 def test_weight_perturbation_takes_the_trigger_loss_at_the_worst_nearby_weights(host):

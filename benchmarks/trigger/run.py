@@ -138,6 +138,12 @@ def verify_latency(model: nn.Module, key: trigger.Key, device: str, runs: int = 
     }
 
 
+def _tests(v: trigger.Verdict) -> dict:
+    """Which of verify's two tests matched, and the rank test's figures."""
+    keys = ("matched_by", "rank_p", "rank_score", "rank_max", "rank_median", "rank_z")
+    return {k: v.details.get(k) for k in keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", choices=(*HOSTS, "ffdnet"), default="dncnn")
@@ -247,6 +253,10 @@ def main() -> None:
                 k: v.details.get(k)
                 for k in (
                     "ncc",
+                    "matched_by",
+                    "rank_p",
+                    "rank_score",
+                    "rank_max",
                     "logo_ncc",
                     "empirical_p",
                     "null_fpr",
@@ -284,7 +294,7 @@ def main() -> None:
     save()
 
     results["pruning"] = []
-    for rate in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+    for rate in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         pruned = prune(model, rate)
         v = trigger.verify(as_query(pruned), pkey)
         results["pruning"].append(
@@ -295,6 +305,7 @@ def main() -> None:
                 "ncc": v.details["ncc"],
                 "logo_ncc": v.details.get("logo_ncc"),
                 "decision": v.decision,
+                **_tests(v),
             }
         )
 
@@ -312,6 +323,7 @@ def main() -> None:
                 "d": v.statistic,
                 "ncc": v.details["ncc"],
                 "decision": v.decision,
+                **_tests(v),
             }
         )
         save()

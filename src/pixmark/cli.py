@@ -232,6 +232,10 @@ def verify(
         str | None,
         typer.Option(help="ISO time the suspect appeared; the certificate must be older."),
     ] = None,
+    rank_keys: Annotated[
+        int | None,
+        typer.Option(help="trigger: random triggers for the rank test (default 999; 0: off)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Decide whether a suspect was derived from the protected model. Exit 0 match, 1 no match."""
@@ -261,6 +265,7 @@ def verify(
         cert=cert,
         pubkey=pubkey,
         suspect_released_at=suspect_released_at,
+        **({"rank_keys": rank_keys} if rank_keys is not None else {}),
     )
     if as_json:
         print(verdict.to_json())
@@ -275,7 +280,22 @@ def verify(
                       f" (key among random keys {d['signature_key_p']:.3g}, against null "
                       f"models {d['signature_null_p']:.3g}; rho {d['signature_rho']:.3f}, fit "
                       f"cos {d['signature_fit_cos']:.2f})")  # fmt: skip
+        if "rank_alpha" in d:  # trigger scheme: the distance test or the rank test
+            _print_trigger_tests(d)
     raise typer.Exit(0 if verdict.decision == "match" else 1)
+
+
+def _print_trigger_tests(d: dict) -> None:
+    """The trigger verdict's two tests, one line each."""
+    found = "passed" if "distance" in d["matched_by"] else "failed"
+    print(f"  distance test {found}: d = {d['d']:.3g} (eta {d['eta']:.3g}), NCC {d['ncc']:.3f} "
+          f"(threshold {d['ncc_threshold']:.3f})")  # fmt: skip
+    if d["rank_p"] is None:
+        print(f"  rank test not run: {d.get('rank_skipped', 'rank_keys = 0')}")
+        return
+    found = "passed" if "rank" in d["matched_by"] else "failed"
+    print(f"  rank test {found}: p = {d['rank_p']:.3g} (K scores {d['rank_score']:.3f}, the best "
+          f"of {d['rank_keys']} random triggers {d['rank_max']:.3f})")  # fmt: skip
 
 
 @app.command()

@@ -875,6 +875,9 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         # output scheme, colour keys: the content signature's test (half of the decision)
         "signature_p": verdict.details.get("signature_p_value"),
         "signature_match": verdict.details.get("signature_match"),
+        # trigger scheme: which test matched (distance, rank) and the rank test's exact p
+        "matched_by": verdict.details.get("matched_by"),
+        "rank_p": verdict.details.get("rank_p"),
         "fidelity_psnr": build["fidelity_psnr"],
         "fidelity_ssim": build["fidelity_ssim"],
         "task_psnr_unprotected": build["task_psnr_unprotected"],

@@ -85,6 +85,11 @@ NCC_THRESHOLD = 0.95
 MATCH_NCC_FLOOR = 0.75
 MATCH_NCC_MARGIN = 0.25
 NULL_KEYS = 50
+#: The rank test (:func:`rank_test`): random triggers sent to the suspect beside K, and
+#: the level at which K's rank among them decides "match" on its own. With 999 keys the
+#: smallest p-value is exactly 1e-3, so K must out-score every one of them.
+RANK_KEYS = 999
+RANK_ALPHA = 1e-3
 #: The Gamma null's level (p < 0.05) and per-pixel error std (1/4), as in the paper.
 NULL_P = 0.05
 NULL_SIGMA = 0.25
@@ -960,6 +965,16 @@ def _query(query: Query, trigger: Tensor, what: str) -> Tensor:
     return response.detach().float().cpu().clamp(0, 1)
 
 
+def random_triggers(key: Key, count: int, stream: str) -> list[Tensor]:
+    """``count`` random trigger sets drawn exactly like the key's (same size, channels,
+    task and number of triggers), from the key's PRNG stream ``stream``."""
+    p = key.params
+    side = p["size"] // (sr_scale(p["task"]) or 1)
+    g = key.generator(stream)
+    shape = (p["count"], p["channels"], side, side)
+    return [trigger_input(torch.rand(*shape, generator=g), p["task"]) for _ in range(count)]
+
+
 def null_scores(nulls: list[Query], key: Key, random_keys: int = 50) -> dict[str, list[float]]:
     """Distances and residual NCCs that models without the mark reach.
 
@@ -970,15 +985,7 @@ def null_scores(nulls: list[Query], key: Key, random_keys: int = 50) -> dict[str
     """
     trigger, response = _check_tensors(key)
     p = key.params
-    scale = sr_scale(p["task"]) or 1
-    side = p["size"] // scale
-    g = key.generator("null")
-    randoms = [
-        trigger_input(
-            torch.rand(trigger.shape[0], p["channels"], side, side, generator=g), p["task"]
-        )
-        for _ in range(random_keys)
-    ]
+    randoms = random_triggers(key, random_keys, "null")
     designs = [designed(k, p["task"], p["design"]) for k in randoms]
     ds, nccs = [], []
     for i, null in enumerate(nulls):
@@ -991,6 +998,51 @@ def null_scores(nulls: list[Query], key: Key, random_keys: int = 50) -> dict[str
                 ds.append(distance(a, s0))
                 nccs.append(residual_ncc(a, s0, k))
     return {"d": ds, "ncc": nccs}
+
+
+def rank_test(query: Query, key: Key, answer: Tensor, count: int = RANK_KEYS) -> dict[str, Any]:
+    """Does K's answer stand out among ``count`` random triggers sent to the same suspect?
+
+    Each random trigger set K_i (drawn like K, from the key's ``rank`` PRNG stream) is sent
+    to ``query`` and its answer scored by residual NCC against its design G(K_i); K's
+    answer ``answer`` is scored the same way against G(K) (not against S, so that all
+    scores are computed alike). A model made without K treats K as one more draw from the
+    same distribution, so K's rank is uniform and
+    ``p = (1 + #{i: score_i >= score_K}) / (1 + count)`` is an exact p-value that needs no
+    null models and no distributional assumption. It is relative to the suspect: a
+    fine-tuned or pruned copy whose response to K has drifted below the absolute NCC
+    threshold still answers K more like G(K) than any other noise image. (Valid for a key
+    fixed before the suspect was seen; a key picked afterwards from many tries is what
+    :func:`check_key` and the key's commitment and creation time rule out.)
+
+    Returns ``rank_p``, ``rank_score`` (K's NCC), ``rank_z`` (its distance from the random
+    scores' mean in standard deviations, a readable margin, not a p-value),
+    ``rank_max`` and ``rank_median`` of the random scores, ``rank_keys``, and
+    ``rank_scores`` (all ``count`` random scores, for plots).
+    """
+    if count < 1:
+        raise PixmarkError(f"rank test: count must be at least 1, got {count}")
+    trigger, _ = _check_tensors(key)
+    p = key.params
+    score = residual_ncc(answer, designed(trigger, p["task"], p["design"]), trigger)
+    randoms = torch.cat(random_triggers(key, count, "rank"))
+    answers = _query(query, randoms, "the suspect").double()
+    # residual_ncc of each random trigger set, all at once: one row per set
+    a = (answers - randoms).reshape(count, -1)
+    b = (designed(randoms, p["task"], p["design"]).double() - randoms).reshape(count, -1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    energy = (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
+    scores = torch.where(energy > 0, (a * b).sum(1) / energy.clamp_min(1e-300), 0.0)
+    spread = float(scores.std()) if count > 1 else 0.0
+    return {
+        "rank_p": (1 + int((scores >= score).sum())) / (1 + count),
+        "rank_score": score,
+        "rank_z": (score - float(scores.mean())) / spread if spread > 0 else None,
+        "rank_max": float(scores.max()),
+        "rank_median": float(scores.median()),
+        "rank_keys": count,
+        "rank_scores": scores.tolist(),
+    }
 
 
 def random_key_statistics(query: Query, key: Key, count: int) -> list[float]:
@@ -1015,14 +1067,21 @@ def verify(
     nulls: list[Query] | None = None,
     evidence_dir: Path | None = None,
     random_keys: int = 50,
+    rank_keys: int = RANK_KEYS,
 ) -> Verdict:
     """Is ``query`` (a suspect, black box) carrying the key's trigger backdoor?
 
     Sends the key's trigger(s) K, gets S', and decides "match" iff the key passes
-    :func:`check_key`, ``d = ||S' - S||_2 / #S <= eta`` (Gamma null, p < 0.05, paper eq. 8)
-    and the residual NCC > the key's ``match_ncc`` (0.95 for keys made before it existed;
-    ``details["paper_decision"]`` applies the paper's 0.95). ``p_value`` is the Gamma
-    null's P[d_null <= d].
+    :func:`check_key` and either test passes:
+
+    * distance: ``d = ||S' - S||_2 / #S <= eta`` (Gamma null, p < 0.05, paper eq. 8) and
+      the residual NCC > the key's ``match_ncc`` (0.95 for keys made before it existed;
+      ``details["paper_decision"]`` applies the paper's 0.95);
+    * rank (:func:`rank_test`): K's answer out-scores ``rank_keys`` random triggers sent
+      to the same suspect, at exact p <= ``RANK_ALPHA`` (1e-3; needs ``rank_keys`` >= 999).
+
+    ``details["matched_by"]`` names the tests that passed. ``p_value`` is the Gamma
+    null's P[d_null <= d]; the rank test's exact p is ``details["rank_p"]``.
 
     Args:
         query: the suspect (``as_query(model)`` for a local model).
@@ -1032,6 +1091,9 @@ def verify(
             ``random_keys`` random keys each), ``null_fpr`` and ``null_d_min``.
         evidence_dir: where to write ``trigger_evidence.png`` (K, G(K), S, S', |S' - S| x10,
             the visualizer's picture of S' and the logo).
+        rank_keys: random triggers for the rank test (each as many images as the key has
+            triggers); 0 turns it off. A suspect behind a request budget too small for
+            them is decided by the distance test alone (``details["rank_skipped"]``).
 
     Raises:
         PixmarkError: a key of another scheme, an unprotected key, a key whose trigger and
@@ -1045,13 +1107,34 @@ def verify(
     eta = _threshold(response)
     p_value = _p_value(d, response)
     match_ncc = _match_ncc(key)
-    decision = "match" if ownership["valid"] and _passes(d, ncc, eta, match_ncc) else "no match"
+    if rank_keys < 0:
+        raise PixmarkError(f"rank_keys must be >= 0 (0 turns the rank test off), got {rank_keys}")
+    needed = rank_keys * int(trigger.shape[0])
+    budget = getattr(query, "remaining", None)
+    rank: dict[str, Any] = {"rank_p": None}
+    if rank_keys and isinstance(budget, int) and budget < needed:
+        rank["rank_skipped"] = f"the request budget has {budget} left, the test needs {needed}"
+    elif rank_keys:
+        rank = rank_test(query, key, answer, rank_keys)
+    rank_scores = rank.pop("rank_scores", None)
+    matched_by = [
+        name
+        for name, passed in (
+            ("distance", _passes(d, ncc, eta, match_ncc)),
+            ("rank", rank["rank_p"] is not None and rank["rank_p"] <= RANK_ALPHA),
+        )
+        if passed
+    ]
+    decision = "match" if ownership["valid"] and matched_by else "no match"
     per_trigger = [distance(a[None], s[None]) for a, s in zip(answer, response, strict=True)]
     details: dict[str, Any] = {
         "statistic_name": "trigger distance d",
         "d": d,
         "ncc": ncc,
         "ncc_threshold": match_ncc,
+        "matched_by": matched_by if ownership["valid"] else [],
+        **rank,
+        "rank_alpha": RANK_ALPHA,
         # the paper's rule (NCC > 0.95), for comparison with its tables
         "paper_decision": ("match" if ownership["valid"] and _passes(d, ncc, eta) else "no match"),
         "eta": eta,
@@ -1087,6 +1170,8 @@ def verify(
         evidence["trigger"] = str(
             _write_evidence(Path(evidence_dir), key, trigger, response, answer, picture)
         )
+        if rank_scores is not None:
+            evidence["rank"] = str(_plot_rank(Path(evidence_dir), rank, rank_scores))
     return Verdict(
         scheme=SCHEME,
         statistic=d,
@@ -1122,6 +1207,31 @@ def _write_evidence(
         rows.append([picture[0], logo[0]])
         labels.append("R(S'), logo")
     return save_grid(rows, folder / "trigger_evidence.png", row_labels=labels, col_labels=cols)
+
+
+def _plot_rank(folder: Path, rank: dict[str, Any], scores: list[float]) -> Path:
+    """Histogram of the random triggers' scores with the key's score marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pixmark.fileio import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(scores, bins=40, color="0.6", label=f"{len(scores)} random triggers")
+    ax.axvline(rank["rank_score"], color="tab:red", lw=2, label="the key's trigger K")
+    ax.set_xlabel("residual NCC of the suspect's answer with the design G(.)")
+    ax.set_ylabel("triggers")
+    ax.set_title(f"rank test: p = {rank['rank_p']:.3g}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    try:
+        return atomic_write(
+            folder / "trigger_rank.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100)
+        )
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------- attack
