@@ -80,7 +80,12 @@ def main() -> None:
             "count": count,
             "thief_steps": thief.report["steps"],
             "psnr": psnr_on_test(thief.model, 1),
-            "owner": {"decision": mine.decision, "d": mine.statistic, "ncc": mine.details["ncc"]},
+            "owner": {
+                "decision": mine.decision,
+                "d": mine.statistic,
+                "ncc": mine.details["ncc"],
+                **{k: mine.details.get(k) for k in ("matched_by", "rank_p", "rank_score")},
+            },
             "thief": {"decision": theirs.decision, "d": theirs.statistic},
         }
         results["overwrites"].append(row)
