@@ -59,14 +59,16 @@ def test_verify_by_url_matches_the_served_protected_model(owner: dict[str, Path]
         verdict = api.verify(f"{url}/v1/process", owner["key"], rank_keys=0)
         assert verdict.decision == "match", verdict.summary()
         assert verdict.details["matched_by"] == ["distance"]
-        assert _cli(["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]) == 0
+        args = ["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]
+        assert _cli([*args, "--concurrency", "8"]) == 0  # both tests, 8 requests at a time
 
 
 def test_verify_by_url_rejects_a_served_clean_model(owner: dict[str, Path]) -> None:
     with running(owner["clean"]) as url:
         verdict = api.verify(f"{url}/v1/process", owner["key"], rank_keys=0)
         assert verdict.decision == "no match", verdict.summary()
-        assert _cli(["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]) == 1
+        args = ["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]
+        assert _cli([*args, "--concurrency", "8"]) == 1  # both tests, 8 requests at a time
 
 
 def test_rank_test_over_http_finds_a_fine_tuned_copy(
@@ -86,7 +88,7 @@ def test_rank_test_over_http_finds_a_fine_tuned_copy(
     del tuned
     with running(owner["folder"] / "tuned.safetensors") as url:
         args = ["verify", "--key", str(owner["key"]), "--suspect", f"{url}/v1/process"]
-        assert _cli(args) == 0
+        assert _cli([*args, "--concurrency", "8"]) == 0
         printed = capsys.readouterr().out
         assert "distance test failed" in printed and "rank test passed: p = 0.001" in printed
         assert _cli([*args, "--max-requests", "100"]) == 1

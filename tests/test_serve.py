@@ -347,6 +347,29 @@ def test_http_query_matches_local_model(url, model, photos) -> None:
         assert (query(x[:1]) - local(model, x[:1])).abs().max() <= Q + 1e-6
 
 
+def test_http_query_concurrent_requests_keep_order_budget_and_pace(url, model, photos) -> None:
+    """``concurrency``: answers come back in input order, equal to one-by-one requests; the
+    budget and the pace still hold across the threads; bad values are clear errors."""
+    x = crops(photos, 12, 33, 47)
+    with http_query(f"{url}/v1/process", channels=3, concurrency=6) as query:
+        got = query(x)
+        assert query.requests_made == 12
+    assert (got - local(model, x)).abs().max() <= Q + 1e-6
+    with http_query(f"{url}/v1/process", channels=3) as query:
+        assert torch.equal(got, query(x))
+    paced = http_query(f"{url}/v1/process", channels=3, concurrency=4, rate_per_s=40.0)
+    start = time.monotonic()
+    paced(x[:9])
+    assert time.monotonic() - start >= 8 / 40.0 - 0.01  # 9 requests, 8 gaps of 25 ms
+    budget = http_query(f"{url}/v1/process", channels=3, concurrency=4, max_requests=10)
+    with pytest.raises(PixmarkError, match="has 10 of 10 requests left, fewer than the 12"):
+        budget(x)
+    assert budget.requests_made == 0
+    for bad in (0, 65, 2.5, True):
+        with pytest.raises(PixmarkError, match="concurrency must be"):
+            http_query(f"{url}/v1/process", channels=3, concurrency=bad)
+
+
 def _json_inverter():
     """A third-party API shape: JSON in, JSON out, base64 images; answers 1 - x."""
     app = FastAPI()

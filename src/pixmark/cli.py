@@ -226,6 +226,9 @@ def verify(
     rate_per_s: Annotated[float | None, typer.Option(help="URL: max requests/s.")] = None,
     max_requests: Annotated[int | None, typer.Option(help="URL: request budget.")] = None,
     timeout: Annotated[float | None, typer.Option(help="URL: seconds per request.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="URL: requests in flight at once (1-64).")
+    ] = None,
     cert: Annotated[Path | None, typer.Option(help="Owner's signed certificate.")] = None,
     pubkey: Annotated[Path | None, typer.Option(help="Owner's Ed25519 public key.")] = None,
     suspect_released_at: Annotated[
@@ -254,6 +257,7 @@ def verify(
         rate_per_s=rate_per_s,
         max_requests=max_requests,
         timeout=timeout,
+        concurrency=concurrency,
     )
     verdict = api.verify(
         suspect,
