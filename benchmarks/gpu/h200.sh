@@ -82,7 +82,7 @@ for spec in "${trigger_hosts[@]}"; do
     read -r host task <<<"$spec"
     timeout "$limit" python3 benchmarks/trigger/run.py --host "$host" --task "$task" --profile paper \
         --device cuda --threads 2 --early-stop --host-steps 2000 --random-keys 200 --forge-tries 50 \
-        --finetune-steps 100,1000 --nulls 2 --out "$runs/trigger-$host-$task-paper" \
+        --finetune-steps 100,1000,3000 --nulls 2 --out "$runs/trigger-$host-$task-paper" \
         >"$out/trigger-$host-$task.log" 2>&1 &
 done
 # keyed (Wu et al.): the paper profile's sizes (256 px) for fewer steps, 32-wide hosts
