@@ -254,12 +254,17 @@ def _params(key: Key) -> dict[str, Any]:
 
 def make_triggers(key: Key) -> Tensor:
     """Regenerate the key's trigger inputs [count, C, size, size] from its secret and owner."""
+    return random_triggers(key, 1, "trigger")[0]
+
+
+def random_triggers(key: Key, count: int, stream: str) -> list[Tensor]:
+    """``count`` trigger sets drawn like the key's (same size, channels, task and number of
+    triggers) from the key's PRNG stream ``stream``; stream "trigger" gives the key's own."""
     p = _params(key)
-    scale = sr_scale(p["task"]) or 1
-    side = p["size"] // scale
-    g = key.generator("trigger")
-    noise = torch.rand(p["count"], p["channels"], side, side, generator=g)
-    return trigger_input(noise, p["task"])
+    side = p["size"] // (sr_scale(p["task"]) or 1)
+    g = key.generator(stream)
+    shape = (p["count"], p["channels"], side, side)
+    return [trigger_input(torch.rand(*shape, generator=g), p["task"]) for _ in range(count)]
 
 
 def keygen(
@@ -965,16 +970,6 @@ def _query(query: Query, trigger: Tensor, what: str) -> Tensor:
     return response.detach().float().cpu().clamp(0, 1)
 
 
-def random_triggers(key: Key, count: int, stream: str) -> list[Tensor]:
-    """``count`` random trigger sets drawn exactly like the key's (same size, channels,
-    task and number of triggers), from the key's PRNG stream ``stream``."""
-    p = key.params
-    side = p["size"] // (sr_scale(p["task"]) or 1)
-    g = key.generator(stream)
-    shape = (p["count"], p["channels"], side, side)
-    return [trigger_input(torch.rand(*shape, generator=g), p["task"]) for _ in range(count)]
-
-
 def null_scores(nulls: list[Query], key: Key, random_keys: int = 50) -> dict[str, list[float]]:
     """Distances and residual NCCs that models without the mark reach.
 
@@ -1099,6 +1094,8 @@ def verify(
         PixmarkError: a key of another scheme, an unprotected key, a key whose trigger and
             verification image disagree in size, or a suspect that cannot take the trigger.
     """
+    if rank_keys < 0:
+        raise PixmarkError(f"rank_keys must be >= 0 (0 turns the rank test off), got {rank_keys}")
     trigger, response = _check_tensors(key)
     ownership = check_key(key)
     answer = _query(query, trigger, "the suspect")
@@ -1107,8 +1104,6 @@ def verify(
     eta = _threshold(response)
     p_value = _p_value(d, response)
     match_ncc = _match_ncc(key)
-    if rank_keys < 0:
-        raise PixmarkError(f"rank_keys must be >= 0 (0 turns the rank test off), got {rank_keys}")
     needed = rank_keys * int(trigger.shape[0])
     budget = getattr(query, "remaining", None)
     rank: dict[str, Any] = {"rank_p": None}
