@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pixmark.bench import load_config, read_rows, run_bench
-from pixmark.bench.report import detection_at_fpr
+from pixmark.bench.report import detection_at_fpr, exact_tests
 from pixmark.bench.runner import attacked_query, discard, plan
 from pixmark.errors import PixmarkError
 
@@ -135,6 +135,7 @@ def test_reports_hold_tables_plots_and_honest_fpr(bench_dir):
             or "not certifiable: 12 null scores < 99" in text
         )
         assert "trigger distance d" in text
+        assert "Exact tests (no calibration needed)" in text  # the trigger rank test
     for rel in [
         line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")
     ]:
@@ -411,6 +412,42 @@ def test_detection_at_fpr_needs_enough_nulls():
     assert entry["null models"] == 100 and entry["null scores"] == 1000
     # threshold = the most extreme of the 1000 (a random key's d = 0.3): 0.59 fails
     assert entry["TPR @ FPR 0.001"] == "2/4 (50%)"
+
+
+def test_exact_tests_report_the_rank_test_without_calibration():
+    """The rank test's exact p needs no null models; only rows that ran it count."""
+
+    def row(level, rank_p, matched_by, i):
+        return {
+            "scheme": "trigger",
+            "task": "denoise",
+            "level": level,
+            "attack": level,
+            "statistic": 0.5,
+            "p_value": 0.5,
+            "decision": "match" if matched_by else "no match",
+            "matched_by": matched_by,
+            "rank_p": rank_p,
+            "cell_id": str(i),
+        }
+
+    nulls = [row("null", p, [], i) for i, p in enumerate((0.004, 0.2, 0.9))]
+    derived = [
+        row("model", 0.001, ["distance", "rank"], 10),
+        row("model", 0.001, ["rank"], 11),
+        row("model", 0.006, [], 12),
+        row("image", None, ["distance"], 13),  # budget too small: no rank test
+    ]
+    other = [dict(row("model", 0.5, [], 20), scheme="keyed")]
+    other[0].pop("rank_p")
+    (entry,) = exact_tests(nulls + derived + other)
+    assert entry["TPR @ p <= 0.01"] == "3/4 (75%)"
+    assert entry["TPR @ p <= 0.001"] == "2/4 (50%)"
+    assert entry["nulls @ p <= 0.01"] == "1/3 (33%)"
+    assert entry["nulls @ p <= 0.001"] == "0/3 (0%)"
+    assert entry["cells without the test"] == 1
+    assert entry["TPR by this test alone"] == "1/4 (25%)"
+    assert exact_tests(other) == []
 
 
 def test_output_detection_at_fpr_is_calibrated_on_the_decision_p_value():

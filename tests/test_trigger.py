@@ -126,6 +126,8 @@ def test_clean_and_null_models_do_not_match(host, null_host, protected):
         assert verdict.p_value > 0.5
         assert verdict.details["logo_ncc"] < 0.5  # the logo is not recognizable
         assert verdict.details["null_fpr"] == 0.0
+        # the decision also takes the rank test, whose exact level adds to the bound
+        assert verdict.details["decision_fpr_bound"] == pytest.approx(trigger.RANK_ALPHA)
     # The protected model sits far below every null distance.
     verdict = trigger.verify(as_query(protected.model), protected.key, nulls=nulls, random_keys=20)
     assert verdict.details["empirical_p"] == pytest.approx(1 / 22)

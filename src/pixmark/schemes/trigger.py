@@ -1083,7 +1083,9 @@ def verify(
         key: a protected trigger key.
         nulls: optional null models (independent models of the task); adds
             ``details["empirical_p"]`` (d against their responses to K and to
-            ``random_keys`` random keys each), ``null_fpr`` and ``null_d_min``.
+            ``random_keys`` random keys each), ``null_fpr`` (the share of those null
+            scores the distance test passes), ``decision_fpr_bound`` (``null_fpr`` plus
+            the rank test's exact level when it ran) and ``null_d_min``.
         evidence_dir: where to write ``trigger_evidence.png`` (K, G(K), S, S', |S' - S| x10,
             the visualizer's picture of S' and the logo).
         rank_keys: random triggers for the rank test (each as many images as the key has
@@ -1156,6 +1158,11 @@ def verify(
             _passes(nd, nn_, eta, match_ncc)
             for nd, nn_ in zip(scores["d"], scores["ncc"], strict=True)
         ) / len(scores["d"])
+        # null_fpr counts the distance rule; the rank test adds at most its exact level
+        ran_rank = rank["rank_p"] is not None
+        details["decision_fpr_bound"] = min(
+            1.0, details["null_fpr"] + (RANK_ALPHA if ran_rank else 0.0)
+        )
         details["n_null_models"] = len(nulls)
         details["n_null_scores"] = len(scores["d"])
         details["null_d_min"] = min(scores["d"])
