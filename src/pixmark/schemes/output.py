@@ -134,11 +134,14 @@ PROFILES: dict[str, Profile] = {
         surrogate_width=16, lr=1e-3, beta1=0.9, target_psnr=35.0, n_queries=32,
         perceptual_layers=1,
     ),
-    # About 45 minutes on 2 CPU cores.
+    # About 40 minutes on 2 CPU cores (measured per step, session 20: stage 1 0.86 s,
+    # surrogates 0.27-0.42 s, R fine-tune 0.41 s). Until session 20 this profile had
+    # H 32 / R 48 (9 blocks) / surrogates 32 wide and 4000 / 4 x 2500 / 1500 steps: about
+    # 5 hours on 2 cores (1.93 s per stage-1 step); the GPU bench lines keep those sizes.
     "cpu": Profile(
-        size=96, batch=8, pool=1024, steps=4000, surrogate_steps=2500, finetune_steps=1500,
-        h_width=32, h_depth=4, r_width=48, r_blocks=9, d_width=32, d_layers=3,
-        surrogate_width=32, lr=5e-4, beta1=0.5, target_psnr=38.0, n_queries=64,
+        size=96, batch=8, pool=1024, steps=1500, surrogate_steps=500, finetune_steps=600,
+        h_width=24, h_depth=4, r_width=32, r_blocks=6, d_width=32, d_layers=3,
+        surrogate_width=16, lr=5e-4, beta1=0.5, target_psnr=38.0, n_queries=64,
         stage2=(("unet", "l2"), ("resnet9", "l1"), ("unet", "perceptual")), independent_steps=300,
         independent_width=16, independent_size=64,
     ),
