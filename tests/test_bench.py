@@ -440,6 +440,7 @@ def test_exact_tests_report_the_rank_test_without_calibration():
     ]
     other = [dict(row("model", 0.5, [], 20), scheme="keyed")]
     other[0].pop("rank_p")
+    other.append(dict(row("model", None, [], 21), scheme="output"))  # bench rows: rank_p None
     (entry,) = exact_tests(nulls + derived + other)
     assert entry["TPR @ p <= 0.01"] == "3/4 (75%)"
     assert entry["TPR @ p <= 0.001"] == "2/4 (50%)"

@@ -193,6 +193,8 @@ def exact_tests(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups[(row["scheme"], row["task"])].append(row)
     table = []
     for (scheme, task), group in groups.items():
+        if all(r.get("rank_p") is None for r in group):
+            continue  # rows of a scheme without the test carry rank_p = None
         nulls = [r for r in group if r["level"] == "null"]
         derived = [r for r in group if r["level"] not in ("null", "clean")]
         entry: dict[str, Any] = {"scheme": scheme, "task": task, "test": "rank"}
