@@ -71,6 +71,21 @@ def test_verify_by_url_rejects_a_served_clean_model(owner: dict[str, Path]) -> N
         assert _cli([*args, "--concurrency", "8"]) == 1  # both tests, 8 requests at a time
 
 
+def test_cli_prints_the_decision_fpr_bound_with_null_models(
+    owner: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --nulls the CLI says how often the distance test passed on them and bounds the
+    decision's false-positive rate (that share plus the rank test's exact level)."""
+    nulls = tmp_path / "nulls"
+    nulls.mkdir()
+    (nulls / "clean.safetensors").write_bytes(owner["clean"].read_bytes())
+    args = ["verify", "--key", str(owner["key"]), "--suspect", str(owner["protected"])]
+    assert _cli([*args, "--nulls", str(nulls)]) == 0
+    printed = capsys.readouterr().out
+    assert "null models: the distance test passed 0 of their scores" in printed
+    assert "false-positive rate of the decision <= 0.001" in printed
+
+
 def test_rank_test_over_http_finds_a_fine_tuned_copy(
     owner: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

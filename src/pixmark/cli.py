@@ -300,6 +300,9 @@ def _print_trigger_tests(d: dict) -> None:
     found = "passed" if "rank" in d["matched_by"] else "failed"
     print(f"  rank test {found}: p = {d['rank_p']:.3g} (K scores {d['rank_score']:.3f}, the best "
           f"of {d['rank_keys']} random triggers {d['rank_max']:.3f})")  # fmt: skip
+    if "decision_fpr_bound" in d:
+        print(f"  null models: the distance test passed {d['null_fpr']:.3g} of their scores; "
+              f"false-positive rate of the decision <= {d['decision_fpr_bound']:.3g}")  # fmt: skip
 
 
 @app.command()
