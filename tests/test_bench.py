@@ -379,18 +379,17 @@ def test_image_attacks_reach_what_the_verifier_sees():
     assert torch.equal(attacked_query(identity, "jpeg", 30)(images), jpeg(images))
 
 
+def _report_row(scheme: str, task: str, level: str, i: int, **fields) -> dict:
+    """A results row as the report reads it (attack named after its level)."""
+    return {"scheme": scheme, "task": task, "level": level, "attack": level,
+            "cell_id": str(i), **fields}  # fmt: skip
+
+
 def test_detection_at_fpr_needs_enough_nulls():
     def row(level, evidence, decision="no match", i=0):
-        return {
-            "scheme": "trigger",  # a distance: smaller statistics are evidence
-            "task": "denoise",
-            "level": level,
-            "attack": level,
-            "statistic": 1.0 - evidence,
-            "p_value": 0.5,
-            "decision": decision,
-            "cell_id": str(i),
-        }
+        # trigger: a distance, smaller statistics are evidence
+        return _report_row("trigger", "denoise", level, i, statistic=1.0 - evidence,
+                           p_value=0.5, decision=decision)  # fmt: skip
 
     nulls = [row("null", i / 200, i=i) for i in range(120)]  # evidence in [0, 0.6)
     derived = [row("model", s, "match") for s in (0.9, 0.8, 0.59, 0.1)]
@@ -418,18 +417,9 @@ def test_exact_tests_report_the_rank_test_without_calibration():
     """The rank test's exact p needs no null models; only rows that ran it count."""
 
     def row(level, rank_p, matched_by, i):
-        return {
-            "scheme": "trigger",
-            "task": "denoise",
-            "level": level,
-            "attack": level,
-            "statistic": 0.5,
-            "p_value": 0.5,
-            "decision": "match" if matched_by else "no match",
-            "matched_by": matched_by,
-            "rank_p": rank_p,
-            "cell_id": str(i),
-        }
+        decision = "match" if matched_by else "no match"
+        return _report_row("trigger", "denoise", level, i, statistic=0.5, p_value=0.5,
+                           decision=decision, matched_by=matched_by, rank_p=rank_p)  # fmt: skip
 
     nulls = [row("null", p, [], i) for i, p in enumerate((0.004, 0.2, 0.9))]
     derived = [
@@ -460,16 +450,9 @@ def test_output_detection_at_fpr_is_calibrated_on_the_decision_p_value():
     """
 
     def row(level, nc, p, i):
-        return {
-            "scheme": "output",
-            "task": "derain",
-            "level": level,
-            "attack": level,
-            "statistic": nc,
-            "p_value": p,
-            "decision": "match" if p <= 1e-3 else "no match",
-            "cell_id": str(i),
-        }
+        decision = "match" if p <= 1e-3 else "no match"
+        return _report_row("output", "derain", level, i, statistic=nc, p_value=p,
+                           decision=decision)  # fmt: skip
 
     nulls = [row("null", 0.94 if i < 3 else 0.0, 0.01 + i / 200, i) for i in range(120)]
     derived = [

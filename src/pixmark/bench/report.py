@@ -189,29 +189,29 @@ def exact_tests(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        if row.get("decision") != "error" and "rank_p" in row:
+        if row.get("decision") != "error":
             groups[(row["scheme"], row["task"])].append(row)
     table = []
     for (scheme, task), group in groups.items():
         if all(r.get("rank_p") is None for r in group):
-            continue  # rows of a scheme without the test carry rank_p = None
+            continue  # a scheme without the test (bench rows may carry rank_p = None)
         nulls = [r for r in group if r["level"] == "null"]
         derived = [r for r in group if r["level"] not in ("null", "clean")]
         entry: dict[str, Any] = {"scheme": scheme, "task": task, "test": "rank"}
         for fpr in TARGET_FPRS:
-
-            def passed(r: dict[str, Any], level: float = fpr) -> bool:
-                return r.get("rank_p") is not None and r["rank_p"] <= level * (1 + 1e-9)
-
-            entry[f"TPR @ p <= {fpr:g}"] = _rate(sum(map(passed, derived)), len(derived))
-            entry[f"nulls @ p <= {fpr:g}"] = _rate(sum(map(passed, nulls)), len(nulls))
-        skipped = sum(r.get("rank_p") is None for r in group)
-        entry["cells without the test"] = skipped
+            entry[f"TPR @ p <= {fpr:g}"] = _rate(_rank_hits(derived, fpr), len(derived))
+            entry[f"nulls @ p <= {fpr:g}"] = _rate(_rank_hits(nulls, fpr), len(nulls))
+        entry["cells without the test"] = sum(r.get("rank_p") is None for r in group)
         entry["TPR by this test alone"] = _rate(
             sum(r.get("matched_by") == ["rank"] for r in derived), len(derived)
         )
         table.append(entry)
     return table
+
+
+def _rank_hits(rows: list[dict[str, Any]], level: float) -> int:
+    """How many ``rows`` ran the rank test and reached ``rank_p <= level``."""
+    return sum(r.get("rank_p") is not None and r["rank_p"] <= level * (1 + 1e-9) for r in rows)
 
 
 def _rate(hits: int, n: int) -> str:
@@ -489,13 +489,13 @@ _ABOUT = (
 
 
 _EXACT_NOTE = (
-    "<p class='note'>The trigger scheme's rank test ranks the key's trigger among random "
+    "The trigger scheme's rank test ranks the key's trigger among random "
     "triggers sent to the same suspect: its p-value is exact for any model made without "
     "the key, so 'p ≤ f' has false-positive rate at most f with no null models (the "
     "null columns are a check, not a calibration). The fixed-FPR table above is "
     "calibrated on the distance d alone and does not see this test; the scheme's decision "
     "takes either test, so its FPR is at most the distance test's plus rank_alpha "
-    "(0.001). 'by this test alone': attacked cells that only the rank test found.</p>"
+    "(0.001). 'by this test alone': attacked cells that only the rank test found."
 )
 
 
@@ -532,7 +532,8 @@ def write_bench_report(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
         ("Detection at a fixed false-positive rate", _html_table(fpr_table)),
     ]
     if exact:
-        sections.append(("Exact tests (no calibration needed)", _html_table(exact) + _EXACT_NOTE))
+        note = f"<p class='note'>{html.escape(_EXACT_NOTE)}</p>"
+        sections.append(("Exact tests (no calibration needed)", _html_table(exact) + note))
     sections.append(("Per attack and strength", _html_table(attacks)))
     for s, t in pairs:
         body = ""
@@ -568,7 +569,7 @@ def write_bench_report(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     md += ["\n## Detection at a fixed false-positive rate\n\n", _md_table(fpr_table)]
     if exact:
         md += ["\n## Exact tests (no calibration needed)\n\n", _md_table(exact)]
-        md += ["\n" + _EXACT_NOTE.replace("<p class='note'>", "").replace("</p>", "") + "\n"]
+        md += ["\n" + _EXACT_NOTE + "\n"]
     md += ["\n## Per attack and strength\n\n", _md_table(attacks)]
     for s, t in pairs:
         md.append(f"\n## {s} on {t}\n\n")
