@@ -404,6 +404,27 @@ def test_fine_tune_changes_weights_and_stays_a_denoiser(denoising: dict) -> None
     assert _same(fine_tune(model, denoising["sampler"], steps=0), before)
 
 
+def test_fine_tune_on_other_data_adapts_the_model_to_textures(denoising: dict) -> None:
+    """The "new data" fine-tune of Quan et al. (textures), through the public API: the
+    same steps on textures help more on textures and less on photos than on photos."""
+    from pixmark import api
+
+    model = denoising["model"]
+    _, _, splits = api.task_splits("denoise", 1, "builtin:texture")
+    tx, ty = data.fixed_pairs(splits["test"], "denoise", 48, 12, seed=1, channels=1)
+    tuned = {
+        source: api.attack("fine_tune", model, 60, task="denoise", data_source=source, lr=1e-3)
+        for source in ("builtin:texture", "builtin")
+    }
+    with torch.no_grad():
+        on_textures = {s: float(psnr(m(tx).clamp(0, 1), ty)) for s, m in tuned.items()}
+        on_photos = {
+            s: float(psnr(m(denoising["x"]).clamp(0, 1), denoising["y"])) for s, m in tuned.items()
+        }
+    assert on_textures["builtin:texture"] > on_textures["builtin"] + 0.05
+    assert on_photos["builtin"] > on_photos["builtin:texture"] + 0.05
+
+
 @pytest.mark.parametrize(
     ("call", "parameter"),
     [

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pixmark.data import (
@@ -100,8 +101,24 @@ def test_builtin_xrays_are_gray_radiographs_with_bone_bright(xrays):
     assert centre > lungs + 0.1
 
 
+def test_builtin_textures_are_stationary_material_close_ups(natural):
+    textures = dict(builtin_images("texture"))
+    assert sorted(textures) == ["skimage/brick", "skimage/grass", "skimage/gravel"]
+
+    def spread(image: torch.Tensor) -> float:  # std of the 4 x 4 block means, gray
+        return float(F.adaptive_avg_pool2d(to_channels(image, 1)[None], 4).std())
+
+    others = [spread(im) for name, im in natural.items() if name not in textures]
+    for name, image in textures.items():
+        assert image.shape == (1, 512, 512), name
+        assert torch.equal(image, natural[name])
+        # one material everywhere: only the star field is as even as a texture
+        assert spread(image) < 0.02 and sum(o <= spread(image) for o in others) <= 1, name
+    assert [name for name, _ in images("builtin:texture", channels=3)] == sorted(textures)
+
+
 def test_unknown_builtin_kind_is_an_error():
-    with pytest.raises(PixmarkError, match="natural, xray"):
+    with pytest.raises(PixmarkError, match="natural, xray, texture"):
         builtin_images("cats")
 
 

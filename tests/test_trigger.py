@@ -340,3 +340,14 @@ def test_weight_perturbation_takes_the_trigger_loss_at_the_worst_nearby_weights(
     (2.0 * worst).backward()
     for n, p in manual.named_parameters():
         assert torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-7), n
+
+
+def test_large_triggers_weigh_no_more_than_the_papers_40_px_one():
+    """The trigger loss sums over pixels: lam is scaled by area above ``area_ref``."""
+    prof = trigger.profile_settings(trigger.PROFILES, "quick", None)
+    base = prof["lam"] * prof["copies"]
+    assert trigger.trigger_weight(prof, 20) == trigger.trigger_weight(prof, 40) == base
+    for size in (200, 600):  # the per-trigger total stays that of a 40 x 40 trigger
+        assert trigger.trigger_weight(prof, size) * size**2 == pytest.approx(base * 40**2)
+    off = trigger.profile_settings(trigger.PROFILES, "quick", {"area_ref": 0})
+    assert trigger.trigger_weight(off, 600) == base

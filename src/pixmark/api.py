@@ -53,9 +53,10 @@ def task_splits(
     if channels not in (1, 3):
         raise PixmarkError(f"channels must be 1 or 3, got {channels}")
     items = data.images(source or spec.source, channels=channels)
-    if (source or spec.source) == "builtin:xray":
-        # Only two real radiographs ship offline: split 3x3 tiles of them (tiles share no
-        # pixels) so that validation and test crops still come from unseen regions.
+    if (source or spec.source) in ("builtin:xray", "builtin:texture"):
+        # Only two real radiographs (three textures) ship offline: split 3x3 tiles of them
+        # (tiles share no pixels) so that validation and test crops still come from unseen
+        # regions.
         items = data.tile_images(items, grid=3)
     if len(items) < 3:
         raise PixmarkError(

@@ -3,14 +3,15 @@
     PYTHONPATH=src .venv/bin/python benchmarks/trigger/experiments/capacity.py \
         --sizes 40,200,600 --out runs/trigger-capacity.json
 
-The paper shows capacity up to 600 x 600 triggers. Per size: keygen, protect ``run.py``'s
-DnCNN host (quick profile at lr 1e-3, lambda 0.1, early stop), and report how many steps
-the embedding took, the response's d against eta (which shrinks with the size) and its
-residual NCC against the design, the fidelity cost against an unmarked control, and
-verify on the protected model, the unprotected host and a null model. The rank test runs
-with ``--rank-keys`` random triggers up to ``--rank-max-size`` px (999 triggers of
-600 x 600 px would take most of an hour on one CPU thread); above it, the distance test
-decides alone. Writes one JSON file.
+The paper shows capacity up to 600 x 600 triggers. ``--area-ref 0`` reproduces session 19
+(lambda not scaled by the trigger's area); the default scales it as ``protect`` does.
+Per size: keygen, protect ``run.py``'s DnCNN host (quick profile at lr 1e-3, lambda 0.1,
+early stop), and report how many steps the embedding took, the response's d against eta
+(which shrinks with the size) and its residual NCC against the design, the fidelity cost
+against an unmarked control, and verify on the protected model, the unprotected host and
+a null model. The rank test runs with ``--rank-keys`` random triggers up to
+``--rank-max-size`` px (999 triggers of 600 x 600 px would take most of an hour on one
+CPU thread); above it, the distance test decides alone. Writes one JSON file.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def main() -> None:
     parser.add_argument("--host-steps", type=int, default=400)
     parser.add_argument("--rank-keys", type=int, default=999)
     parser.add_argument("--rank-max-size", type=int, default=200)
+    parser.add_argument(
+        "--area-ref",
+        type=int,
+        default=trigger.PROFILES["quick"]["area_ref"],
+        help="lam is scaled by (area_ref / size)^2 above this side; 0: no scaling (session 19)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -43,6 +50,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     host, null = train_host("dncnn", 0, args.host_steps), train_host("dncnn", 100, args.host_steps)
     results: dict = {"args": vars(args), "sizes": []}
+    overrides = {"lr": 1e-3, "lam": 0.1, "area_ref": args.area_ref}
     for size in (int(s) for s in args.sizes.split(",")):
         t = time.perf_counter()
         key = trigger.keygen("ACME Imaging", secret="5e" * 32, size=size)
@@ -53,7 +61,7 @@ def main() -> None:
                 profile="quick",
                 progress=False,
                 control_run=True,
-                overrides={"lr": 1e-3, "lam": 0.1},
+                overrides=overrides,
             )
         except trigger.PixmarkError as exc:  # not embedded within the profile's steps
             results["sizes"].append({"size": size, "error": str(exc)})
@@ -65,6 +73,9 @@ def main() -> None:
         report = protected.report
         row = {
             "size": size,
+            "weight": trigger.trigger_weight(
+                trigger.profile_settings(trigger.PROFILES, "quick", overrides), size
+            ),
             "eta": report["eta"],
             "steps": report["steps"],
             "protect_seconds": seconds,

@@ -187,7 +187,11 @@ _MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)  # in matplotlib/mpl-data/sample_data
 # Computed-radiography DICOMs in pydicom-data (the uncompressed, lossless copies).
 _XRAYS = {"rg1_chest": "RG1_UNCR.dcm", "rg3_tibia": "RG3_UNCR.dcm"}
 
-BUILTIN_KINDS = ("natural", "xray")
+# Three of the photographs above are close-ups of one material each: the stand-in for a
+# texture data set (Quan et al. fine-tune on KTH-TIPS textures as "other data").
+_TEXTURES = ("skimage/brick", "skimage/grass", "skimage/gravel")
+
+BUILTIN_KINDS = ("natural", "xray", "texture")
 
 
 def _package_dir(package: str, *parts: str) -> Path:
@@ -319,15 +323,20 @@ def builtin_images(kind: str = "natural") -> list[tuple[str, Tensor]]:
     kind "natural": 26 distinct photographs from scikit-image, PyWavelets, sporco and
     matplotlib (C = 3 for colour, 1 for gray; 102x102 to 1411x1411 pixels). kind "xray": two real
     computed radiographs from pydicom-data (a chest PA view and a tibia/ankle view), 1
-    channel, downscaled to a long side of at most ``XRAY_MAX_SIDE``. Loaded once per
-    process; the returned tensors are copies, safe to modify.
+    channel, downscaled to a long side of at most ``XRAY_MAX_SIDE``. kind "texture": the
+    three gray 512x512 material close-ups among the natural photos (brick, grass, gravel).
+    Loaded once per process; the returned tensors are copies, safe to modify.
     """
     if kind == "natural":
         items = _natural()
     elif kind == "xray":
         items = _xray()
+    elif kind == "texture":
+        items = tuple(item for item in _natural() if item[0] in _TEXTURES)
     else:
-        raise PixmarkError(f"unknown builtin image kind {kind!r}; choose from natural, xray")
+        raise PixmarkError(
+            f"unknown builtin image kind {kind!r}; choose from {', '.join(BUILTIN_KINDS)}"
+        )
     return [(name, image.clone()) for name, image in items]
 
 
@@ -351,7 +360,8 @@ def folder_images(path: str | os.PathLike[str]) -> list[tuple[str, Tensor]]:
 def images(source: str = "builtin", channels: int = 3) -> list[tuple[str, Tensor]]:
     """Images from ``source`` converted to ``channels`` (1 or 3), as ``(name, [C, H, W])``.
 
-    source: "builtin" (natural photos), "builtin:natural", "builtin:xray", or a folder.
+    source: "builtin" (natural photos), "builtin:natural", "builtin:xray",
+    "builtin:texture", or a folder.
     """
     if channels not in (1, 3):
         raise PixmarkError(f"channels must be 1 or 3, got {channels!r}")

@@ -109,7 +109,10 @@ EMBED_NCC = 0.99
 #: stop) that is what kept the mark through 100 fine-tuning steps in
 #: benchmarks/trigger/experiments/embedding.py. ``negatives``: that many other noise
 #: triggers per step answered as the original host does (off: it made the mark K's own but
-#: more fragile under fine-tuning, same experiment).
+#: more fragile under fine-tuning, same experiment). ``area_ref``: the trigger side (pixels)
+#: ``lam`` is stated for; a larger trigger's weight is scaled by (area_ref / size)^2, since the
+#: trigger loss is a sum over its pixels and a 600 x 600 trigger would otherwise weigh 225
+#: times a 40 x 40 one against the same task loss (0: no scaling; :func:`trigger_weight`).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "steps": 600,
@@ -118,6 +121,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr": 1e-4,
         "lam": 1e-2,
         "copies": 5,
+        "area_ref": 40,
         "early_stop": True,
         "check_every": 25,
         "embed_fraction": 0.25,
@@ -136,6 +140,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr": 1e-4,
         "lam": 1e-2,
         "copies": 5,
+        "area_ref": 40,
         "early_stop": False,
         "check_every": 100,
         "embed_fraction": 0.25,
@@ -154,6 +159,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr": 1e-4,
         "lam": 1e-3,
         "copies": 5,
+        "area_ref": 40,
         "early_stop": False,
         "check_every": 500,
         "embed_fraction": 0.25,
@@ -706,6 +712,16 @@ def _finetune(
     return state, history
 
 
+def trigger_weight(prof: dict[str, Any], size: int) -> float:
+    """The trigger loss's weight for a trigger of side ``size`` px: ``lam * copies``, scaled
+    by ``(area_ref / size)^2`` when the trigger is larger than ``area_ref`` (0: never)."""
+    weight = prof["lam"] * prof["copies"]
+    ref = prof.get("area_ref") or 0
+    if ref and size > ref:
+        weight *= (ref / size) ** 2
+    return float(weight)
+
+
 def _perturbed_trigger_loss(
     model: nn.Module, trigger: Tensor, target: Tensor, weight: float, rho: float, dev: Device
 ) -> None:
@@ -844,7 +860,7 @@ def protect(
         dev,
         trigger,
         target,
-        weight=prof["lam"] * prof["copies"],
+        weight=trigger_weight(prof, p["size"]),
         steps=prof["steps"],
         stop_at=eta * prof["embed_fraction"] if prof["early_stop"] else None,
         negatives=negatives,
