@@ -62,7 +62,9 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     width: Annotated[int | None, typer.Option(help="Network width (channels).")] = None,
     channels: Annotated[int | None, typer.Option(help="1 (gray) or 3 (colour).")] = None,
-    data: Annotated[str | None, typer.Option(help="builtin, builtin:xray or a folder.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="builtin, builtin:xray, builtin:texture or a folder.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and crops.")] = 0,
     data_seed: Annotated[int, typer.Option(help="Seed of the train/val/test split.")] = 0,
     device: Device = "auto",
@@ -323,7 +325,9 @@ def attack(
     max_requests: Annotated[int | None, typer.Option(help="URL: request budget.")] = None,
     strength: Annotated[str | None, typer.Option(help="Attack strength (see docs).")] = None,
     task: Annotated[str | None, typer.Option(help="The model's task (most attacks).")] = None,
-    data: Annotated[str | None, typer.Option(help="builtin or a folder of images.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="The attacker's images: builtin[:xray|:texture], a folder.")
+    ] = None,
     arch: Annotated[str | None, typer.Option(help="surrogate: architecture.")] = None,
     loss: Annotated[str | None, typer.Option(help="surrogate: l1, l2, perceptual, ssim.")] = None,
     adv: Annotated[bool, typer.Option(help="surrogate: add an adversarial loss.")] = False,
