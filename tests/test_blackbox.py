@@ -6,6 +6,8 @@ its HTTP answers (8-bit PNGs). The CLI is exercised as a user would call it.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pixmark.checkpoint import load_model, save_model
 from pixmark.cli import main
 from pixmark.errors import PixmarkError
 from pixmark.remote import http_query, load_pairs
+from pixmark.schemes.base import as_query
 from pixmark.serve import running
 
 
@@ -177,3 +180,46 @@ def test_exported_protected_model_still_verifies(owner: dict[str, Path], suffix:
     )
     verdict = api.verify(out, owner["key"])
     assert verdict.decision == "match", verdict.summary()
+
+
+def _noisy(query, sigma: float, hashed: bool):  # noqa: ANN001, ANN202
+    """A thief's service: every answer plus Gaussian noise, fresh per call or (``hashed``)
+    drawn from a hash of the input bytes, so the same question gets the same noise."""
+    calls = itertools.count()
+
+    def serve(x: torch.Tensor) -> torch.Tensor:
+        digest = hashlib.sha256(x.numpy().tobytes()).digest()
+        seed = int.from_bytes(digest[:6], "big") if hashed else next(calls)
+        y = query(x)
+        noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+        return (y + sigma * noise).clamp(0, 1)
+
+    return serve
+
+
+def test_repeats_and_dither_read_the_mark_through_noise(owner: dict[str, Path]) -> None:
+    """Noise of sigma 0.2 on every answer hides the trigger's response; 64 repeats average
+    fresh noise away, and input dither also defeats noise derived from the input."""
+    key, protected = owner["key"], as_query(load_model(owner["protected"]))
+    clean = as_query(load_model(owner["clean"]))
+
+    def decide(query, hashed: bool, **options) -> str:  # noqa: ANN001
+        return api.verify(_noisy(query, 0.2, hashed), key, rank_keys=0, **options).decision
+
+    assert decide(protected, hashed=False) == "no match"
+    verdict = api.verify(_noisy(protected, 0.2, False), key, rank_keys=0, repeats=64)
+    assert verdict.decision == "match" and verdict.details["repeats"] == 64
+    assert decide(protected, hashed=True, repeats=64) == "no match"  # same noise 64 times
+    assert decide(protected, hashed=True, repeats=64, dither=1 / 255) == "match"
+    assert decide(clean, hashed=True, repeats=64, dither=1 / 255) == "no match"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--repeats", "0"), ("--repeats", "5000"), ("--dither", "0.5")]
+)
+def test_bad_repeats_or_dither_is_a_clear_error(
+    owner: dict[str, Path], flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["verify", "--key", str(owner["key"]), "--suspect", str(owner["protected"])]
+    assert _cli([*args, "--repeats", "2", flag, value]) == 2
+    assert flag.removeprefix("--") in capsys.readouterr().err

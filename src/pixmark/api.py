@@ -338,6 +338,8 @@ def verify(
     cert: str | os.PathLike[str] | None = None,
     pubkey: str | os.PathLike[str] | None = None,
     suspect_released_at: str | None = None,
+    repeats: int = 1,
+    dither: float = 0.0,
     **options: Any,
 ) -> Verdict:
     """Was ``suspect`` derived from the model protected with ``key``?
@@ -349,7 +351,14 @@ def verify(
     ``cert`` and ``pubkey`` the owner's signed certificate is checked first (commitment of
     this key, signature, and a timestamp before ``suspect_released_at``). Returns the
     scheme's :class:`~pixmark.stats.Verdict`; evidence images go to ``evidence_dir``.
+
+    ``repeats`` > 1 asks every question that many times and averages the answers, and
+    ``dither`` > 0 adds fresh noise of that level to each repeat's input
+    (:func:`pixmark.schemes.base.repeated`): against a suspect that adds random noise to its
+    answers to hide a mark. The null models are asked the same way.
     """
+    from pixmark.schemes.base import repeated
+
     loaded_key = as_key(key)
     module = scheme_module(loaded_key.scheme)
     checked = None
@@ -367,18 +376,27 @@ def verify(
         channels=loaded_key.params.get("channels", 3),
         http_options=http_options,
     )
+    null_list = null_queries(nulls)
+    if repeats != 1 or dither != 0:
+        query = repeated(query, repeats, dither)
+        if null_list is not None:
+            null_list = [repeated(n, repeats, dither, seed=i + 1) for i, n in enumerate(null_list)]
     evidence = Path(evidence_dir) if evidence_dir is not None else None
     verdict = _call(
         loaded_key.scheme,
         module.verify,
         query,
         loaded_key,
-        nulls=null_queries(nulls),
+        nulls=null_list,
         evidence_dir=evidence,
         **options,
     )
     if checked is not None:
         verdict = replace(verdict, details={**verdict.details, "certificate": checked})
+    if repeats != 1 or dither != 0:
+        verdict = replace(
+            verdict, details={**verdict.details, "repeats": repeats, "dither": dither}
+        )
     return verdict
 
 

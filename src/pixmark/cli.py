@@ -241,6 +241,12 @@ def verify(
         int | None,
         typer.Option(help="trigger: random triggers for the rank test (default 999; 0: off)."),
     ] = None,
+    repeats: Annotated[
+        int, typer.Option(help="Ask each query this many times and average (noisy suspects).")
+    ] = 1,
+    dither: Annotated[
+        float, typer.Option(help="With --repeats: input noise per repeat, e.g. 0.004.")
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Decide whether a suspect was derived from the protected model. Exit 0 match, 1 no match."""
@@ -271,6 +277,8 @@ def verify(
         cert=cert,
         pubkey=pubkey,
         suspect_released_at=suspect_released_at,
+        repeats=repeats,
+        dither=dither,
         **({"rank_keys": rank_keys} if rank_keys is not None else {}),
     )
     if as_json:

@@ -125,6 +125,42 @@ def model_device(model: nn.Module, default: torch.device | None = None) -> torch
     return default if default is not None else torch.device("cpu")
 
 
+#: The most repeats :func:`repeated` accepts per question.
+MAX_REPEATS = 4096
+
+
+def repeated(query: Query, repeats: int, dither: float = 0.0, seed: int = 0) -> Query:
+    """A query that asks every question ``repeats`` times and averages the answers.
+
+    Against a suspect whose answers carry fresh random noise (an attacker drowning a mark),
+    the noise's standard deviation falls by sqrt(``repeats``); a deterministic model's
+    answers are unchanged. ``dither`` (standard deviation in [0, 1] intensity units, at
+    most 0.1; e.g. 1/255) adds fresh Gaussian noise to the input of every repeat, so that
+    noise the attacker derives from the input bytes (same question, same noise) is drawn
+    anew as well; the answer is then the mean of M(x + d), which for a restoration model
+    stays within a fraction of ``dither`` of M(x). repeats: integer 1-4096. The dither is
+    reproducible from ``seed`` and the order of the calls.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
+        raise PixmarkError(f"repeats must be an integer from 1 to {MAX_REPEATS}, got {repeats!r}")
+    if isinstance(dither, bool) or not isinstance(dither, int | float) or not 0 <= dither <= 0.1:
+        raise PixmarkError(f"dither must be a noise level in [0, 0.1], got {dither!r}")
+    generator = torch.Generator().manual_seed(seed)
+
+    def ask(images: Tensor) -> Tensor:
+        total = None
+        for _ in range(repeats):
+            x = images
+            if dither > 0:
+                noise = torch.randn(images.shape, generator=generator).to(images.device)
+                x = (images + dither * noise.to(images.dtype)).clamp(0, 1)
+            answer = query(x).float()
+            total = answer if total is None else total + answer
+        return total / repeats
+
+    return ask
+
+
 def as_query(model: nn.Module, batch_size: int = 8, name: str = "suspect") -> Query:
     """Wrap a local model as a :data:`Query` (no grad, batched, outputs clamped to [0, 1])."""
     model.eval()
