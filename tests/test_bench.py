@@ -377,6 +377,12 @@ def test_image_attacks_reach_what_the_verifier_sees():
     cropped = attacked_query(identity, "crop", 0.5)(images)
     assert cropped.shape == images.shape  # resized back to the size the scheme asked for
     assert torch.equal(attacked_query(identity, "jpeg", 30)(images), jpeg(images))
+    # a noisy service draws new noise for every answer, reproducibly from the cell's seed
+    noisy = attacked_query(identity, "gaussian_noise", 0.1, seed=3)
+    first, second = noisy(images), noisy(images)
+    assert not torch.equal(first, second)
+    assert torch.equal(attacked_query(identity, "gaussian_noise", 0.1, seed=3)(images), first)
+    assert 0.08 < float((first - images)[images.gt(0.3) & images.lt(0.7)].std()) < 0.12
 
 
 def _report_row(scheme: str, task: str, level: str, i: int, **fields) -> dict:
