@@ -208,6 +208,31 @@ def test_changed_settings_make_new_cells(bench_dir):
 
 
 @pytest.mark.slow
+def test_an_attack_line_can_verify_with_repeats(bench_dir, tmp_path):
+    """A line's own verify options reach pixmark.verify: 64 dithered repeats read the
+    trigger's answer through noise of sigma 0.2 that a single query does not."""
+    out = tmp_path / "out"
+    shutil.copytree(bench_dir, out)  # builds are reused; only the new cells run
+    config = json.loads(json.dumps(TINY))
+    once = {"kind": "gaussian_noise", "strengths": [0.2], "verify": {"rank_keys": 0}}
+    config["attacks"] = {
+        "noise-once": once,
+        "noise-repeats": {**once, "verify": {"rank_keys": 0, "repeats": 64, "dither": 0.004}},
+    }
+    run_bench(config, out, progress=False, report=False)
+    rows = {r["attack"]: r for r in read_rows(out / "results.jsonl") if "noise" in r["attack"]}
+    assert rows["noise-repeats"]["verify_options"] == {
+        "rank_keys": 0,
+        "repeats": 64,
+        "dither": 0.004,
+    }
+    assert rows["noise-repeats"]["decision"] == "match"
+    assert rows["noise-repeats"]["statistic"] < rows["noise-once"]["statistic"] / 2
+    with pytest.raises(PixmarkError, match="verify must be a mapping"):
+        load_config({**config, "attacks": {"x": {"kind": "jpeg", "strengths": [50], "verify": 3}}})
+
+
+@pytest.mark.slow
 def test_rebuild_forgets_builds_and_reruns_their_cells(bench_dir, tmp_path):
     """After a scheme's code changes, --rebuild retrains what it names, keeps the rest."""
     out = tmp_path / "rebuild"

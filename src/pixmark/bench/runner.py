@@ -93,12 +93,15 @@ class Attack:
 
     ``name`` labels the line in results and reports (default: the kind), so one kind can
     appear several times with different options (e.g. surrogates of several architectures).
+    ``verify``: options for ``pixmark.verify`` on this line's cells, over the scheme's own
+    (e.g. ``{repeats: 256, dither: 0.004}`` against a noisy service).
     """
 
     kind: str
     strengths: tuple[Any, ...]
     options: dict[str, Any] = field(default_factory=dict)
     name: str = ""
+    verify: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -244,18 +247,21 @@ def load_config(
     for name, spec in (attacks or {}).items():
         kind = name
         if isinstance(spec, dict):
-            bad = sorted(set(spec) - {"kind", "strengths", "options"})
+            bad = sorted(set(spec) - {"kind", "strengths", "options", "verify"})
             if bad:
                 raise PixmarkError(f"{where}: attack {name} has unknown setting(s) {bad}")
             kind = str(spec.get("kind", name))
             strengths, options = spec.get("strengths", [None]), dict(spec.get("options") or {})
+            verify = spec.get("verify") or {}
+            if not isinstance(verify, dict):
+                raise PixmarkError(f"{where}: attack {name}: verify must be a mapping of options")
         else:
-            strengths, options = spec, {}
+            strengths, options, verify = spec, {}, {}
         if not isinstance(strengths, list):
             strengths = [strengths]
         attack_level(kind)
         label = name if name != kind else ""
-        cfg["attacks"].append(Attack(kind, tuple(strengths), options, label))
+        cfg["attacks"].append(Attack(kind, tuple(strengths), options, label, dict(verify)))
 
     nulls = raw.get("nulls", 0)
     if isinstance(nulls, int):
@@ -439,13 +445,14 @@ def _cell(
     needs: tuple[str, ...],
     random_keys: int = 0,
 ) -> Job:
+    verify = {**base["verify"], **attack.verify}
     identity = {
         "protected": base["protected_dir"],
         "attack": attack.kind,
         "strength": strength,
         "options": attack.options,
         "nulls": base["null_dirs"],
-        "verify": base["verify"],
+        "verify": verify,
     }
     if random_keys:
         identity["random_keys"] = random_keys
@@ -462,6 +469,7 @@ def _cell(
         "kind": attack.kind,
         "strength": strength,
         "options": attack.options,
+        "verify": verify,
         "cell_id": cell_id,
         "random_keys": random_keys,
     }
@@ -884,6 +892,7 @@ def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[
         # trigger scheme: which test matched (distance, rank) and the rank test's exact p
         "matched_by": verdict.details.get("matched_by"),
         "rank_p": verdict.details.get("rank_p"),
+        **({"verify_options": spec["verify"]} if spec["verify"] else {}),
         "fidelity_psnr": build["fidelity_psnr"],
         "fidelity_ssim": build["fidelity_ssim"],
         "task_psnr_unprotected": build["task_psnr_unprotected"],
