@@ -214,6 +214,16 @@ def test_repeats_and_dither_read_the_mark_through_noise(owner: dict[str, Path]) 
     assert decide(clean, hashed=True, repeats=64, dither=1 / 255) == "no match"
 
 
+def test_repeats_count_against_a_services_request_budget(owner: dict[str, Path]) -> None:
+    """Over HTTP with 500 requests, 8 repeats leave 61 questions after the trigger: too
+    few for the rank test's 999, which is skipped and says so; the distance test runs."""
+    with running(owner["protected"]) as url:
+        http = {"max_requests": 500, "concurrency": 8}
+        verdict = api.verify(f"{url}/v1/process", owner["key"], http_options=http, repeats=8)
+    assert verdict.decision == "match" and verdict.details["matched_by"] == ["distance"]
+    assert "has 61 left, the test needs 999" in verdict.details["rank_skipped"]
+
+
 @pytest.mark.parametrize(
     ("flag", "value"), [("--repeats", "0"), ("--repeats", "5000"), ("--dither", "0.5")]
 )

@@ -129,6 +129,31 @@ def model_device(model: nn.Module, default: torch.device | None = None) -> torch
 MAX_REPEATS = 4096
 
 
+class _Repeated:
+    """The query :func:`repeated` returns; see there."""
+
+    def __init__(self, query: Query, repeats: int, dither: float, seed: int) -> None:
+        self.query, self.repeats, self.dither = query, repeats, dither
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        total = None
+        for _ in range(self.repeats):
+            x = images
+            if self.dither > 0:
+                noise = torch.randn(images.shape, generator=self.generator).to(images.device)
+                x = (images + self.dither * noise.to(images.dtype)).clamp(0, 1)
+            answer = self.query(x).float()
+            total = answer if total is None else total + answer
+        return total / self.repeats
+
+    @property
+    def remaining(self) -> int | None:
+        """Questions left within the wrapped query's request budget (None: no budget)."""
+        left = getattr(self.query, "remaining", None)
+        return left // self.repeats if isinstance(left, int) else None
+
+
 def repeated(query: Query, repeats: int, dither: float = 0.0, seed: int = 0) -> Query:
     """A query that asks every question ``repeats`` times and averages the answers.
 
@@ -139,26 +164,14 @@ def repeated(query: Query, repeats: int, dither: float = 0.0, seed: int = 0) -> 
     noise the attacker derives from the input bytes (same question, same noise) is drawn
     anew as well; the answer is then the mean of M(x + d), which for a restoration model
     stays within a fraction of ``dither`` of M(x). repeats: integer 1-4096. The dither is
-    reproducible from ``seed`` and the order of the calls.
+    reproducible from ``seed`` and the order of the calls. A request budget of the wrapped
+    query (``remaining``) is reported in questions, i.e. divided by ``repeats``.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
         raise PixmarkError(f"repeats must be an integer from 1 to {MAX_REPEATS}, got {repeats!r}")
     if isinstance(dither, bool) or not isinstance(dither, int | float) or not 0 <= dither <= 0.1:
         raise PixmarkError(f"dither must be a noise level in [0, 0.1], got {dither!r}")
-    generator = torch.Generator().manual_seed(seed)
-
-    def ask(images: Tensor) -> Tensor:
-        total = None
-        for _ in range(repeats):
-            x = images
-            if dither > 0:
-                noise = torch.randn(images.shape, generator=generator).to(images.device)
-                x = (images + dither * noise.to(images.dtype)).clamp(0, 1)
-            answer = query(x).float()
-            total = answer if total is None else total + answer
-        return total / repeats
-
-    return ask
+    return _Repeated(query, repeats, float(dither), seed)
 
 
 def as_query(model: nn.Module, batch_size: int = 8, name: str = "suspect") -> Query:
