@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from run import score, train_host
+from run import NULL_ARCHS, score, train_host
 
 from pixmark.checkpoint import load_model, save_model
 from pixmark.keys import load_key, save_key
@@ -57,15 +57,22 @@ def main() -> None:
     parser.add_argument("--attacker", choices=["fresh", "hashed"], default="fresh")
     parser.add_argument("--dither", type=float, default=0.0, help="verifier's input noise")
     parser.add_argument("--owner", default="ACME Imaging")
+    parser.add_argument("--set", default="{}", help="protect profile overrides, JSON")
+    parser.add_argument("--nulls", type=int, default=0, help="independent models also verified")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     host = train_host("denoise", "unet", 0, 1, 400)
+    suspects = {"protected": None, "original": host}
+    for i in range(args.nulls):
+        suspects[f"null{i}"] = train_host(
+            "denoise", NULL_ARCHS[i % len(NULL_ARCHS)], 100 + i, 1, 400
+        )
     model_path, key_path = out / "protected.safetensors", out / "key.safetensors"
     results: dict = {"args": vars(args)}
-    name = f"results-{args.attacker}-dither{args.dither:g}.json"
+    results_file = out / f"results-{args.attacker}-dither{args.dither:g}.json"
     if model_path.exists() and key_path.exists():
         model, key = load_model(model_path), load_key(key_path)
     else:
@@ -73,7 +80,13 @@ def main() -> None:
         key = keyed.keygen(args.owner, watermark="binary", channels=1, secret=secret)
         t = time.perf_counter()
         result = keyed.protect(
-            host, key, task="denoise", profile=args.profile, robust=True, progress=False
+            host,
+            key,
+            task="denoise",
+            profile=args.profile,
+            robust=True,
+            overrides=json.loads(args.set) or None,
+            progress=False,
         )
         results["protect_seconds"] = round(time.perf_counter() - t, 1)
         results["report"] = {
@@ -82,22 +95,25 @@ def main() -> None:
         model, key = result.model, result.key
         save_model(model, model_path, task="denoise")
         save_key(key, key_path)
+    suspects["protected"] = model
     rows = []
     for sigma in (float(s) for s in args.sigmas.split(",")):
         for repeats in (int(r) for r in args.repeats.split(",")):
             row = {"sigma": sigma, "repeats": repeats}
-            for name, m in (("protected", model), ("original", host)):
+            for name, m in suspects.items():
                 t = time.perf_counter()
                 suspect = repeated(noisy(m, sigma, args.attacker), repeats, args.dither)
                 row[name] = score(suspect, key)
                 row[name]["seconds"] = round(time.perf_counter() - t, 2)
             rows.append(row)
             results["rows"] = rows
-            (out / name).write_text(json.dumps(results, indent=2) + "\n")
+            results_file.write_text(json.dumps(results, indent=2) + "\n")
             p, o = row["protected"], row["original"]
+            accused = sum(row[n]["decision"] == "match" for n in suspects if n.startswith("null"))
             print(
                 f"sigma {sigma} R {repeats}: protected {p['decision']} ber {p['ber_mean']:.3f} "
-                f"p {p['p_value']:.2g}; original {o['decision']} ber {o['ber_mean']:.3f}",
+                f"p {p['p_value']:.2g}; original {o['decision']} ber {o['ber_mean']:.3f}; "
+                f"nulls matched {accused}",
                 flush=True,
             )
 
