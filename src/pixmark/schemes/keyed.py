@@ -148,6 +148,9 @@ QR_BORDER = 2
 #: ``fidelity_end``: where the fidelity ramp ends (``FIDELITY_END``). ``polish_steps``:
 #: steps after ``steps`` with E frozen, fidelity ``polish_fidelity`` and the host at
 #: ``polish_lr`` x ``lr_g`` (0 = none; measured only for ``quick``, so the others keep 0).
+#: ``noisy_others``: whether the "other models" negatives include the shadow's outputs with
+#: noise added (:func:`_other_models`); off, only the outputs moved towards the input stay
+#: (session 21: E then reads through twice the noise, but the null check is small).
 #: ``paper``: 256 x 256, Adam (beta1 0.5, beta2 0.999) as in the paper (its printed rate
 #: 1e-8 cannot train anything; we use pix2pix's 2e-4), E_B with 48 channels.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -168,6 +171,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fidelity_end": FIDELITY_END,
         "polish_steps": 40,
         "polish_fidelity": POLISH_FIDELITY,
+        "noisy_others": True,
         "polish_lr": POLISH_LR,
     },
     # The quick recipe three times as long (~5 min per attempt on one CPU core): what SR and
@@ -190,6 +194,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fidelity_end": FIDELITY_END,
         "polish_steps": 0,
         "polish_fidelity": POLISH_FIDELITY,
+        "noisy_others": True,
         "polish_lr": POLISH_LR,
     },
     "paper": {
@@ -209,6 +214,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fidelity_end": FIDELITY_END,
         "polish_steps": 0,
         "polish_fidelity": POLISH_FIDELITY,
+        "noisy_others": True,
         "polish_lr": POLISH_LR,
     },
 }
@@ -696,7 +702,10 @@ def protect(
             # (what a weaker or differently trained model of the task answers) or with
             # noise of a random level added, so that E keys on the mark, not on how much
             # detail or noise an output has (without them, weak independent models verified).
-            clean = torch.cat([clean, _other_models(twin, x, rng.generator)])
+            others = _other_models(twin, x, rng.generator)
+            if not prof["noisy_others"]:  # experiment: only the moved-towards-input half
+                others = others[::2]
+            clean = torch.cat([clean, others])
             # + the answers of one independent model of the task (cycled per step)
             with torch.no_grad(), dev.autocast():
                 clean = torch.cat([clean, negatives[step % len(negatives)](x).float()])
