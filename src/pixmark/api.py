@@ -377,7 +377,8 @@ def verify(
         http_options=http_options,
     )
     null_list = null_queries(nulls)
-    if repeats != 1 or dither != 0:
+    averaged = repeats != 1 or dither != 0
+    if averaged:
         query = repeated(query, repeats, dither)
         if null_list is not None:
             null_list = [repeated(n, repeats, dither, seed=i + 1) for i, n in enumerate(null_list)]
@@ -393,7 +394,7 @@ def verify(
     )
     if checked is not None:
         verdict = replace(verdict, details={**verdict.details, "certificate": checked})
-    if repeats != 1 or dither != 0:
+    if averaged:
         verdict = replace(
             verdict, details={**verdict.details, "repeats": repeats, "dither": dither}
         )

@@ -716,7 +716,7 @@ def trigger_weight(prof: dict[str, Any], size: int) -> float:
     """The trigger loss's weight for a trigger of side ``size`` px: ``lam * copies``, scaled
     by ``(area_ref / size)^2`` when the trigger is larger than ``area_ref`` (0: never)."""
     weight = prof["lam"] * prof["copies"]
-    ref = prof.get("area_ref") or 0
+    ref = prof["area_ref"]
     if ref and size > ref:
         weight *= (ref / size) ** 2
     return float(weight)
