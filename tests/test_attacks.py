@@ -31,6 +31,7 @@ from pixmark.attacks import (
     quantize,
     resize,
     rotate,
+    served_through,
     sparsity,
 )
 from pixmark.attacks.model import prunable_layers
@@ -259,6 +260,24 @@ def test_apply_image_attack_matches_direct_calls() -> None:
         apply_image_attack("crop", x, 0.5, seed=2, center=False),
         crop(x, 0.5, center=False, seed=2),
     )
+
+
+def test_served_through_draws_noise_per_call_or_per_request() -> None:
+    """A service behind noise: fresh noise on every answer, or (hashed) the same answer to
+    the same question and other noise for another; a crop is resized back to the size asked."""
+    x = _rgb()
+    fresh = served_through(lambda images: images, "gaussian_noise", 0.05, seed=3)
+    first, second = fresh(x), fresh(x)
+    assert not torch.equal(first, second)
+    assert abs(float((first - x).std()) - 0.05) < 0.01  # the noise is there, at its sigma
+    hashed = served_through(lambda images: images, "gaussian_noise", 0.05, seed=3, hashed=True)
+    assert torch.equal(hashed(x), hashed(x.clone()))
+    other = x.flip(-1)
+    assert not torch.equal(hashed(other) - other, hashed(x) - x)
+    cropped = served_through(lambda images: images, "crop", 0.5)(x)
+    assert cropped.shape == x.shape and float(psnr(cropped, x)) < 30
+    with pytest.raises(PixmarkError, match="unknown image attack 'sharpen'"):
+        served_through(lambda images: images, "sharpen", 1.0)
 
 
 def test_image_attack_input_errors() -> None:

@@ -6,8 +6,6 @@ its HTTP answers (8-bit PNGs). The CLI is exercised as a user would call it.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 import torch
 
 from pixmark import api
+from pixmark.attacks import served_through
 from pixmark.checkpoint import load_model, save_model
 from pixmark.cli import main
 from pixmark.errors import PixmarkError
@@ -185,16 +184,7 @@ def test_exported_protected_model_still_verifies(owner: dict[str, Path], suffix:
 def _noisy(query, sigma: float, hashed: bool):  # noqa: ANN001, ANN202
     """A thief's service: every answer plus Gaussian noise, fresh per call or (``hashed``)
     drawn from a hash of the input bytes, so the same question gets the same noise."""
-    calls = itertools.count()
-
-    def serve(x: torch.Tensor) -> torch.Tensor:
-        digest = hashlib.sha256(x.numpy().tobytes()).digest()
-        seed = int.from_bytes(digest[:6], "big") if hashed else next(calls)
-        y = query(x)
-        noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
-        return (y + sigma * noise).clamp(0, 1)
-
-    return serve
+    return served_through(query, "gaussian_noise", sigma, hashed=hashed)
 
 
 def test_repeats_and_dither_read_the_mark_through_noise(owner: dict[str, Path]) -> None:

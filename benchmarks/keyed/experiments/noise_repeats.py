@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from run import NULL_ARCHS, score, train_host
 
+from pixmark.attacks import served_through
 from pixmark.checkpoint import load_model, save_model
 from pixmark.keys import load_key, save_key
 from pixmark.schemes import keyed
@@ -33,20 +33,10 @@ from pixmark.schemes.base import Query, as_query, repeated
 def noisy(model: torch.nn.Module, sigma: float, attacker: str) -> Query:
     """The suspect as the attacker serves it: every answer plus Gaussian noise of ``sigma``,
     drawn fresh per call (``fresh``) or from a hash of the input bytes (``hashed``: the
-    same question always gets the same noise, so plain repeats cannot average it away)."""
-    query = as_query(model)
-    calls = itertools.count()
-
-    def serve(x: torch.Tensor) -> torch.Tensor:
-        clean = query(x).float()
-        if attacker == "hashed":
-            seed = int.from_bytes(hashlib.sha256(x.numpy().tobytes()).digest()[:6], "big")
-        else:
-            seed = next(calls)
-        g = torch.Generator().manual_seed(seed)
-        return (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0, 1)
-
-    return serve
+    same question always gets the same noise, so plain repeats cannot average it away).
+    Since session 22 through :func:`pixmark.attacks.served_through` (other draws than the
+    session-21 results, same kind of noise)."""
+    return served_through(as_query(model), "gaussian_noise", sigma, hashed=attacker == "hashed")
 
 
 def main() -> None:

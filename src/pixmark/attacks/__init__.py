@@ -22,6 +22,7 @@ from pixmark.attacks.image import (
     jpeg,
     resize,
     rotate,
+    served_through,
 )
 from pixmark.attacks.model import (
     MODEL_ATTACKS,
@@ -71,5 +72,6 @@ __all__ = [
     "removal_network",
     "resize",
     "rotate",
+    "served_through",
     "sparsity",
 ]

@@ -343,6 +343,47 @@ def apply_image_attack(
         raise PixmarkError(f"image attack {name!r} rejected its options {options}: {exc}") from None
 
 
+def served_through(
+    query: Callable[[Tensor], Tensor],
+    name: str,
+    strength: Any,
+    *,
+    seed: int = 0,
+    hashed: bool = False,
+    **options: Any,
+) -> Callable[[Tensor], Tensor]:
+    """A suspect served behind the image attack ``name``: every answer distorted at ``strength``.
+
+    ``query`` maps images [N, C, H, W] in [0, 1] to outputs; the result is a query of the
+    same kind (a thief's noisy or JPEG-coding service). Attacks that change the size (crop)
+    are resized back (bicubic) to the size asked for, as a verifier would before extraction.
+    Random attacks (noise, random crop, colour jitter) draw anew on every call from one
+    generator seeded with ``seed``; with ``hashed`` the draw is instead seeded from a SHA-256
+    of ``seed`` and the request's bytes, so the same question always gets the same answer
+    and plain repeats cannot average the noise away.
+    """
+    import hashlib
+
+    if name not in IMAGE_ATTACKS:
+        raise PixmarkError(
+            f"unknown image attack {name!r}; choose from {', '.join(IMAGE_ATTACKS)}."
+        )
+    generator = torch.Generator().manual_seed(int(seed))
+
+    def serve(images: Tensor) -> Tensor:
+        out = query(images)
+        draw: Seed = generator
+        if hashed:
+            digest = hashlib.sha256(str(seed).encode() + images.detach().cpu().numpy().tobytes())
+            draw = int.from_bytes(digest.digest()[:6], "big")
+        hit = apply_image_attack(name, out, strength, seed=draw, **options)
+        if hit.shape != out.shape:
+            hit = F.interpolate(hit, size=out.shape[-2:], mode="bicubic", align_corners=False)
+        return hit.clamp(0, 1)
+
+    return serve
+
+
 __all__ = [
     "IMAGE_ATTACKS",
     "Seed",
@@ -355,4 +396,5 @@ __all__ = [
     "jpeg",
     "resize",
     "rotate",
+    "served_through",
 ]

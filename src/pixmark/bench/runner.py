@@ -772,29 +772,13 @@ def _protect(out_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
 def attacked_query(
     query: Callable[[Any], Any], kind: str, strength: Any, seed: int = 0, **options: Any
 ) -> Callable[[Any], Any]:
-    """A query whose answers pass through the image attack ``kind`` at ``strength``.
+    """A query whose answers pass through the image attack ``kind`` at ``strength``
+    (:func:`pixmark.attacks.image.served_through`: size-changing attacks resized back,
+    random ones drawn anew on every call from one generator seeded with ``seed``, as a
+    service that adds noise draws it anew for every answer; since session 21)."""
+    from pixmark.attacks.image import served_through
 
-    Attacks that change the image size (crop) are resized back (bicubic) to the size
-    the scheme asked for, as a verifier would before extraction. Random attacks (noise,
-    random crops, colour jitter) draw from one generator seeded with ``seed`` and continued
-    from call to call, as a service that adds noise draws it anew for every answer (since
-    session 21; before, every call repeated the first call's draw).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from pixmark.attacks import apply_image_attack
-
-    generator = torch.Generator().manual_seed(seed)
-
-    def distorted(images: Any) -> Any:
-        out = query(images)
-        hit = apply_image_attack(kind, out, strength, seed=generator, **options)
-        if hit.shape != out.shape:
-            hit = F.interpolate(hit, size=out.shape[-2:], mode="bicubic", align_corners=False)
-        return hit.clamp(0, 1)
-
-    return distorted
+    return served_through(query, kind, strength, seed=seed, **options)
 
 
 def _run_cell(out_dir: Path, spec: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
